@@ -1,0 +1,3 @@
+from .detr_head import DETRHead
+
+__all__ = ['DETRHead']

@@ -1,0 +1,50 @@
+"""The typed records that flow between the steps of a DETR-family forward pass.
+
+``extract_feat -> pre_transformer -> forward_encoder -> pre_decoder ->
+forward_decoder -> head``: each step takes and returns one of these, so a
+reader can see what flows where without chasing dictionary keys.
+Shapes use ``B`` images, ``N`` flattened feature positions over all levels,
+``L`` feature levels, ``Q`` queries, ``C`` channels, ``D`` decoder layers.
+"""
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+
+@dataclass
+class EncoderInputs:
+    feat: Tensor  # (B, N, C) flattened features of every level
+    feat_pos: Tensor  # (B, N, C) positional (+ level) embeddings
+    feat_mask: Optional[Tensor]  # (B, N) bool, True at padding; None if no image is padded
+    # multi-scale (Deformable DETR) only
+    spatial_shapes: Optional[Tensor] = None  # (L, 2) int64, (H, W) of each level
+    level_start_index: Optional[Tensor] = None  # (L,) offset of each level in N
+    valid_ratios: Optional[Tensor] = None  # (B, L, 2) unpadded fraction (w, h) per level
+
+
+@dataclass
+class DecoderInputs:
+    query: Tensor  # (B, Q, C) content queries
+    query_pos: Tensor  # (B, Q, C) positional queries
+    memory: Tensor  # (B, N, C) encoder output
+    reference_points: Optional[Tensor] = None  # (B, Q, 2 | 4) normalised, Deformable DETR only
+
+
+@dataclass
+class HeadInputs:
+    hidden_states: Tensor  # (D, B, Q, C) every decoder layer's output
+    # Deformable DETR: the reference of each layer's input, then the last layer's
+    # output, normalised cxcy or cxcywh: (D + 1, B, Q, 2 | 4)
+    references: Optional[Tensor] = None
+    # two-stage: the encoder's proposal scores and boxes for the selected proposals
+    enc_outputs_class: Optional[Tensor] = None  # (B, N, num_classes)
+    enc_outputs_coord: Optional[Tensor] = None  # (B, N, 4) normalised cxcywh
+
+
+class HeadOutputs(NamedTuple):
+    """What ``model(..., mode='tensor')`` returns."""
+    all_cls_scores: Tensor  # (D, B, Q, num_classes [+1]) logits
+    all_bbox_preds: Tensor  # (D, B, Q, 4) normalised cxcywh
+    enc_cls_scores: Optional[Tensor] = None  # two-stage: (B, N, num_classes)
+    enc_bbox_preds: Optional[Tensor] = None  # two-stage: (B, N, 4)

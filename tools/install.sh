@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Idempotent install of mmdeform and its pinned stack into ./.venv.
+#
+#   bash tools/install.sh          # both README commands call this first
+#
+# * torch 2.14.1 / torchvision 0.29.1, mmengine 0.10.7, mmdet 3.3.0, scipy, pycocotools
+# * mmcv 2.1.0 with its compiled ops, built from the PyPI sdist (PyPI has no wheel for
+#   torch 2.14): setuptools<81, no build isolation, -std=c++17 raised to -std=c++20 for
+#   torch 2.14's headers, no debug info. The wheel is cached in $MMDEFORM_CACHE
+#   (default ~/.cache/mmdeform) and reused by every later install on this machine.
+# * mmdeform itself, editable.
+#
+# A second run compares a stamp of the requirement files and returns in about a second.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMDEFORM_VENV:-$ROOT/.venv}"
+CACHE="${MMDEFORM_CACHE:-$HOME/.cache/mmdeform}"
+PYTHON="${PYTHON:-python3}"
+MMCV_VERSION=2.1.0
+STAMP="$VENV/.mmdeform-install-stamp"
+
+log() { printf '[install] %s\n' "$*" >&2; }
+
+stamp_value() {
+    cat "$ROOT"/requirements/*.txt "$ROOT/tools/install.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
+}
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" && -x "$VENV/bin/python" ]]; then
+    log "up to date ($VENV)"
+    exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+PIP_INSTALL=("${PIP[@]}" install -q -c "$ROOT/requirements/constraints.txt")
+
+"${PIP_INSTALL[@]}" --upgrade "pip<26"
+"${PIP_INSTALL[@]}" -r "$ROOT/requirements/build.txt"
+log "installing torch and the pinned runtime requirements"
+# mmdet's wheel depends on mmcv only at import time, so pip does not pull a binary mmcv here.
+"${PIP_INSTALL[@]}" torch==2.14.1 torchvision==0.29.1
+"${PIP_INSTALL[@]}" mmengine==0.10.7
+
+mmcv_ok() {
+    "$PY" - <<'EOF' 2>/dev/null
+import mmcv
+from mmcv.ops import MultiScaleDeformableAttention  # noqa: F401  (needs the compiled ext)
+import mmcv._ext  # noqa: F401
+assert mmcv.__version__ == '2.1.0'
+EOF
+}
+
+build_mmcv_wheel() {
+    local work="$CACHE/build" sdist
+    mkdir -p "$work" "$CACHE/wheels"
+    sdist="$(ls "$CACHE"/sdist/mmcv-$MMCV_VERSION.tar.gz 2>/dev/null || true)"
+    if [[ -z "$sdist" ]]; then
+        log "downloading the mmcv $MMCV_VERSION sdist"
+        "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
+            -d "$CACHE/sdist" "mmcv==$MMCV_VERSION"
+        sdist="$CACHE/sdist/mmcv-$MMCV_VERSION.tar.gz"
+    fi
+    rm -rf "$work/mmcv-$MMCV_VERSION"
+    tar -xzf "$sdist" -C "$work"
+    # torch 2.14's headers use C++20 features; the sdist hard-codes C++17.
+    sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-$MMCV_VERSION/setup.py"
+    log "building mmcv $MMCV_VERSION with ops (about 8 minutes on 2 cores)"
+    (
+        cd "$work/mmcv-$MMCV_VERSION"
+        env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            CFLAGS="-O3 -g0 -DNDEBUG -fwrapv" CXXFLAGS="-O3 -g0 -DNDEBUG -fwrapv" \
+            "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$CACHE/wheels.tmp" .
+    )
+    mv "$CACHE"/wheels.tmp/mmcv-$MMCV_VERSION-*.whl "$CACHE/wheels/"
+    rm -rf "$CACHE/wheels.tmp" "$work/mmcv-$MMCV_VERSION"
+}
+
+if ! mmcv_ok; then
+    wheel="$(ls "$CACHE"/wheels/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)"
+    if [[ -z "$wheel" ]]; then
+        build_mmcv_wheel
+        wheel="$(ls "$CACHE"/wheels/mmcv-$MMCV_VERSION-*.whl | head -n1)"
+    else
+        log "reusing the cached mmcv wheel $wheel"
+    fi
+    "${PIP_INSTALL[@]}" --force-reinstall --no-deps "$wheel"
+    "${PIP_INSTALL[@]}" addict packaging Pillow pyyaml yapf opencv-python
+    mmcv_ok || { log "mmcv $MMCV_VERSION with ops does not import from $wheel"; exit 1; }
+fi
+
+log "installing mmdet and the remaining requirements"
+"${PIP_INSTALL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"${PIP_INSTALL[@]}" --no-deps --no-build-isolation -e "$ROOT"
+"$PY" -c "import mmdeform; print('[install] mmdeform', mmdeform.__version__, 'ready')" >&2
+stamp_value > "$STAMP"
