@@ -1,4 +1,4 @@
-# DETR-DC5 R50: the last ResNet stage keeps stride 16 with dilation 2
-# (torchvision's replace_stride_with_dilation: the stage's first block is not dilated).
+# DETR-DC5 R50 (43.3 box AP after 500 epochs): the last ResNet stage keeps stride 16
+# and uses dilation 2, its first block undilated as in torchvision.
 _base_ = './detr.py'
-model = dict(backbone=dict(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), contract_dilation=True))
+model = dict(backbone=dict(type='DilatedResNet', strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)))

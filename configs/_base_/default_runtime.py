@@ -20,3 +20,7 @@ log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 log_level = 'INFO'
 load_from = None
 resume = False
+
+# Store the random generators' states in checkpoints, so a resumed run continues
+# exactly as the uninterrupted one would (single process, num_workers=0 for the data).
+custom_hooks = [dict(type='RNGStateHook')]

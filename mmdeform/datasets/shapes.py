@@ -80,27 +80,34 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> Tup
     return tuple(int(c) for c in colour)
 
 
-def _draw(img: np.ndarray, cls: int, box: np.ndarray, colour, rng: np.random.Generator) -> np.ndarray:
-    """Draw shape ``cls`` filling ``box`` (x1, y1, x2, y2, ints); return its tight box."""
+def _shape_mask(cls: int, box: np.ndarray, h: int, w: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """A ``(h, w)`` uint8 mask of shape ``cls`` filling ``box`` (x1, y1, x2, y2)."""
+    mask = np.zeros((h, w), dtype=np.uint8)
     x1, y1, x2, y2 = (int(v) for v in box)
-    w, h = x2 - x1, y2 - y1
+    bw, bh = x2 - x1, y2 - y1
     if CLASSES[cls] == 'rectangle':
-        cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), colour, thickness=-1)
+        cv2.rectangle(mask, (x1, y1), (x2 - 1, y2 - 1), 255, thickness=-1)
     elif CLASSES[cls] == 'ellipse':
-        cv2.ellipse(img, ((x1 + x2) / 2 - 0.5, (y1 + y2) / 2 - 0.5), (w, h), 0, 0, 360, colour,
-                    thickness=-1, lineType=cv2.LINE_AA)
+        cv2.ellipse(mask, ((x1 + x2 - 1) // 2, (y1 + y2 - 1) // 2),
+                    (max(1, (bw - 1) // 2), max(1, (bh - 1) // 2)), 0, 0, 360, 255, thickness=-1)
     elif CLASSES[cls] == 'triangle':
-        apex = x1 + int(rng.uniform(0, 1) * (w - 1))
+        apex = x1 + int(rng.uniform(0, 1) * (bw - 1))
         pts = np.array([[apex, y1], [x1, y2 - 1], [x2 - 1, y2 - 1]], dtype=np.int32)
         if rng.uniform() < 0.5:  # point down
             pts[:, 1] = y1 + y2 - 1 - pts[:, 1]
-        cv2.fillPoly(img, [pts], colour)
+        cv2.fillPoly(mask, [pts], 255)
     else:  # cross: a horizontal and a vertical bar, each a third of the box wide
-        tw, th = max(1, w // 3), max(1, h // 3)
-        cx, cy = x1 + (w - tw) // 2, y1 + (h - th) // 2
-        cv2.rectangle(img, (cx, y1), (cx + tw - 1, y2 - 1), colour, thickness=-1)
-        cv2.rectangle(img, (x1, cy), (x2 - 1, cy + th - 1), colour, thickness=-1)
-    return np.array([x1, y1, x2, y2], dtype=np.float64)
+        tw, th = max(1, bw // 3), max(1, bh // 3)
+        cx, cy = x1 + (bw - tw) // 2, y1 + (bh - th) // 2
+        cv2.rectangle(mask, (cx, y1), (cx + tw - 1, y2 - 1), 255, thickness=-1)
+        cv2.rectangle(mask, (x1, cy), (x2 - 1, cy + th - 1), 255, thickness=-1)
+    return mask
+
+
+def _tight_box(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
 
 
 def _sample_box(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -130,8 +137,10 @@ def draw_image(spec: ShapesSpec, split: str, index: int) -> Tuple[np.ndarray, Li
         else:
             continue
         cls = int(rng.integers(len(CLASSES)))
-        tight = _draw(img, cls, box, _contrasting_colour(rng, img), rng)
-        objects.append(dict(category=cls, bbox=tight))
+        mask = _shape_mask(cls, box, h, w, rng)
+        img[mask > 0] = _contrasting_colour(rng, img)
+        # the box of the whole shape, also where a later shape hides part of it
+        objects.append(dict(category=cls, bbox=_tight_box(mask)))
     return img, objects
 
 

@@ -1,4 +1,6 @@
 from .setup_env import register_all_modules
+from .config_checks import check_dataset_paths
+from .model_stats import count_parameters
 from .version_check import check_versions
 
-__all__ = ['register_all_modules', 'check_versions']
+__all__ = ["register_all_modules", "check_versions", "check_dataset_paths", "count_parameters"]

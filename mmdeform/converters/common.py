@@ -1,0 +1,121 @@
+"""What every checkpoint converter shares: reading, the mapping report, atomic writing."""
+import os
+import os.path as osp
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from mmdeform.utils.checkpoint import load_checkpoint_file
+
+StateDict = Dict[str, Tensor]
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did with every source tensor."""
+    mapped: Dict[str, str] = field(default_factory=dict)  # source -> target
+    dropped: Dict[str, str] = field(default_factory=dict)  # source -> reason
+    unmapped: List[str] = field(default_factory=list)
+    added: Dict[str, str] = field(default_factory=dict)  # target -> why it was filled
+
+    def summary(self) -> str:
+        lines = [f'mapped {len(self.mapped)} tensors, dropped {len(self.dropped)}, '
+                 f'filled {len(self.added)}, unmapped {len(self.unmapped)}']
+        reasons: Dict[str, int] = {}
+        for reason in self.dropped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines += [f'  dropped {n}: {reason}' for reason, n in sorted(reasons.items())]
+        whys: Dict[str, int] = {}
+        for why in self.added.values():
+            whys[why] = whys.get(why, 0) + 1
+        lines += [f'  filled {n}: {why}' for why, n in sorted(whys.items())]
+        lines += [f'  unmapped: {key}' for key in self.unmapped]
+        return '\n'.join(lines)
+
+
+class UnmappedKeysError(KeyError):
+    pass
+
+
+Rule = Tuple[str, Optional[str]]  # (source prefix, target prefix or None to drop)
+
+
+def rename_by_prefix(state_dict: StateDict, rules: List[Rule],
+                     drop_reasons: Optional[Dict[str, str]] = None,
+                     keep_unmatched: bool = True) -> Tuple[StateDict, ConversionReport]:
+    """Rename keys by the first matching prefix rule.
+
+    Args:
+        rules: ``(source_prefix, target_prefix)``; a ``None`` target drops the key
+            with the reason given in ``drop_reasons[source_prefix]``.
+        keep_unmatched: keys that no rule matches keep their name (True) or are
+            reported as unmapped (False).
+    """
+    drop_reasons = drop_reasons or {}
+    report = ConversionReport()
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        for src, dst in rules:
+            if key.startswith(src):
+                if dst is None:
+                    report.dropped[key] = drop_reasons.get(src, 'not used by mmdeform')
+                else:
+                    new_key = dst + key[len(src):]
+                    out[new_key] = value
+                    report.mapped[key] = new_key
+                break
+        else:
+            if keep_unmatched:
+                out[key] = value
+                report.mapped[key] = key
+            else:
+                report.unmapped.append(key)
+    return out, report
+
+
+def read_state_dict(path: str) -> Tuple[StateDict, dict]:
+    """Load ``path`` with the untrusted loader; return its weights and the rest."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    checkpoint = load_checkpoint_file(path, map_location='cpu', trusted=False)
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'{path}: expected a dict checkpoint, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'model'):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            return dict(checkpoint[key]), checkpoint
+    if all(isinstance(v, Tensor) for v in checkpoint.values()):
+        return dict(checkpoint), {}
+    raise KeyError(f'{path}: found no weights; expected a "state_dict" or "model" entry, '
+                   f'or a flat dict of tensors (top-level keys: {sorted(checkpoint)[:10]})')
+
+
+def save_checkpoint_atomic(checkpoint: dict, path: str) -> None:
+    """Write to a temporary file in the same directory, then rename into place."""
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.partial-', suffix='.pth', dir=directory)
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def run_converter(convert: Callable[[StateDict, dict], Tuple[StateDict, ConversionReport, dict]],
+                  src: str, dst: str) -> ConversionReport:
+    """Read ``src``, convert, fail on unmapped keys, print the summary, write ``dst``."""
+    state_dict, checkpoint = read_state_dict(src)
+    converted, report, meta = convert(state_dict, checkpoint)
+    print(f'{src} -> {dst}')
+    print(report.summary())
+    if report.unmapped:
+        raise UnmappedKeysError(f'{len(report.unmapped)} tensors of {src} have no place in '
+                                f'mmdeform: {report.unmapped[:10]}')
+    meta = dict(meta, converted_from=osp.basename(src))
+    save_checkpoint_atomic(dict(state_dict=converted, meta=meta), dst)
+    return report

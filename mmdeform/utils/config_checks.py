@@ -1,0 +1,52 @@
+"""Checks of a config's file paths before a run starts, with messages that say what to fix."""
+import os.path as osp
+from typing import Iterator, Tuple
+
+from mmengine.config import Config
+
+GENERATED_DATASETS = ('ShapesDataset', )
+
+
+def _datasets(cfg: Config) -> Iterator[Tuple[str, dict]]:
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(split)
+        if not loader or 'dataset' not in loader:
+            continue
+        stack = [loader['dataset']]
+        while stack:  # wrappers such as RepeatDataset / ConcatDataset
+            dataset = stack.pop()
+            if 'dataset' in dataset:
+                stack.append(dataset['dataset'])
+            stack.extend(dataset.get('datasets', []))
+            if 'ann_file' in dataset:
+                yield split, dataset
+
+
+def _resolve(data_root, path):
+    if not path or osp.isabs(path) or '://' in path:
+        return path
+    return osp.join(data_root, path) if data_root else path
+
+
+def check_dataset_paths(cfg: Config, splits=('train_dataloader', 'val_dataloader',
+                                             'test_dataloader')) -> None:
+    """Raise ``FileNotFoundError`` naming the missing data root or annotation file."""
+    for split, dataset in _datasets(cfg):
+        if split not in splits:
+            continue
+        dtype = str(dataset.get('type', ''))
+        if dtype.split('.')[-1] in GENERATED_DATASETS and dataset.get('generate', True):
+            continue
+        data_root = dataset.get('data_root')
+        ann_file = _resolve(data_root, dataset.get('ann_file'))
+        if '://' in (ann_file or ''):
+            continue
+        if data_root and not osp.isdir(data_root):
+            raise FileNotFoundError(
+                f'{split}.dataset.data_root {data_root!r} does not exist (needed for its '
+                f'ann_file {ann_file!r}); put the {dtype or "dataset"} there or set '
+                f'--cfg-options {split}.dataset.data_root=PATH')
+        if ann_file and not osp.isfile(ann_file):
+            raise FileNotFoundError(
+                f'{split}.dataset.ann_file {ann_file!r} does not exist; check the data root '
+                f'and annotation file name, or set --cfg-options {split}.dataset.ann_file=PATH')

@@ -1,0 +1,61 @@
+"""Shared builders for the tests: batches with padding, models with dropout off."""
+import os
+import subprocess
+import sys
+
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.structures import InstanceData
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def make_batch(sizes=((120, 160), (96, 128)), boxes_per_image=None, seed=0, num_classes=80):
+    """Random uint8 images of different sizes (so the batch is padded) and targets.
+
+    ``boxes_per_image``: a list with the number of boxes of each image.
+    Returns ``(list of (3, H, W) uint8 tensors, list of DetDataSample)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    boxes_per_image = boxes_per_image or [3] * len(sizes)
+    images, samples = [], []
+    for (h, w), n in zip(sizes, boxes_per_image):
+        images.append(torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = 4 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
+        sample = DetDataSample()
+        sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), scale_factor=(1.0, 1.0),
+                                 pad_shape=(h, w)))
+        gt = InstanceData()
+        gt.bboxes = torch.cat([xy, xy + wh], dim=1)
+        gt.labels = torch.randint(0, num_classes, (n,), generator=g)
+        sample.gt_instances = gt
+        samples.append(sample)
+    return images, samples
+
+
+def preprocess(model, images, samples, training=False):
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training)
+    return data['inputs'], data['data_samples']
+
+
+def disable_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.0
+    return model
+
+
+def run_tool(args, timeout=900, env=None, check=True):
+    """Run a command from the repository root; return the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT)
+    full_env.update(env or {})
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args} failed with {proc.returncode}\n--- stdout\n'
+                             f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
+    return proc

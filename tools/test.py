@@ -1,0 +1,91 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--show-dir DIR] ...``.
+
+Prints the COCO metrics of the config's test evaluator. ``--show-dir`` writes
+a PNG per image with the ground truth and the predictions.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+from mmdeform.engine import Runner
+from mmdeform.utils import check_dataset_paths, register_all_modules
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a DETR-family detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the directory to save the evaluation metrics')
+    parser.add_argument('--out', type=str, help='dump the predictions to a pickle file (.pkl)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir', help='directory (relative to the work dir\'s timestamp '
+                        'folder, or absolute) where painted images are saved')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='score threshold of the boxes drawn by --show/--show-dir')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def enable_visualization(cfg: Config, args) -> None:
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise KeyError(f'{args.config} has no default_hooks.visualization, which --show and '
+                       "--show-dir need: add dict(type='DetVisualizationHook')")
+    vis = hooks.visualization
+    vis.draw = True
+    vis.score_thr = args.score_thr
+    if args.show:
+        vis.show = True
+        vis.wait_time = args.wait_time
+    if args.show_dir:
+        vis.test_out_dir = args.show_dir
+
+
+def build_config(args) -> Config:
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'config file {args.config!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out {args.out!r}: the output file must be a .pkl file')
+        cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
+            else list(cfg.test_evaluator)
+        cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    register_all_modules(init_default_scope=False)
+    cfg = build_config(args)
+    check_dataset_paths(cfg, splits=('test_dataloader',))
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    summary = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
+                        for k, v in metrics.items())
+    print(f'Evaluation of {args.checkpoint}: {summary}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
