@@ -25,7 +25,10 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('configs', 'tools', 'demo', 'tests', 'tests.*')),
     python_requires='>=3.9',
-    install_requires=read_requirements('runtime.txt') + ['mmcv>=2.0.0rc4,<2.2.0'],
+    # Ranges, as mmdeform.utils.version_check enforces them; requirements/runtime.txt
+    # pins the tested stack that tools/install.sh installs.
+    install_requires=['torch>=2.0', 'mmengine>=0.7.1,<1.0', 'mmcv>=2.0.0rc4,<2.2.0',
+                      'mmdet>=3.0.0,<3.4.0', 'scipy', 'pycocotools', 'setuptools<81'],
     extras_require={'tests': read_requirements('tests.txt')},
     license='Apache-2.0',
     zip_safe=False,

@@ -59,3 +59,13 @@ def run_tool(args, timeout=900, env=None, check=True):
         raise AssertionError(f'{args} failed with {proc.returncode}\n--- stdout\n'
                              f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
     return proc
+
+
+def shapes_options(root):
+    """--cfg-options that point a shapes config at a generated dataset in ``root``."""
+    root = root.rstrip('/') + '/'
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            f'val_evaluator.ann_file={root}annotations/instances_val.json',
+            f'test_evaluator.ann_file={root}annotations/instances_val.json']

@@ -33,6 +33,8 @@ CLASSES = ('rectangle', 'ellipse', 'triangle', 'cross')
 PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75), (245, 130, 48)]
 SPLITS = ('train', 'val')
 DONE_MARKER = '.generated'
+# Bump when the drawing changes: a dataset written by another version is replaced.
+GENERATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -167,19 +169,35 @@ def _write_split(spec: ShapesSpec, root: str, split: str) -> None:
         json.dump(dict(images=images, annotations=annotations, categories=categories), f)
 
 
+def _marker(spec: ShapesSpec) -> dict:
+    return dict(spec.__dict__, generator_version=GENERATOR_VERSION)
+
+
+def _read_marker(data_root: str):
+    try:
+        with open(os.path.join(data_root, DONE_MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def generate_shapes_dataset(data_root: str, spec: ShapesSpec = ShapesSpec()) -> str:
-    """Write the dataset under ``data_root`` unless a complete copy is there.
+    """Write the dataset under ``data_root`` unless the same one is already there.
 
     The files are written to a temporary directory beside ``data_root`` and
-    moved into place with one rename, so a crash never leaves half a dataset
-    and concurrent processes (distributed training) cannot collide.
+    moved into place with a rename, so a crash never leaves half a dataset and
+    concurrent processes (distributed training) cannot collide. A dataset that
+    this function wrote with another spec or generator version is replaced; a
+    directory it did not write (no marker file) is never touched.
     """
     data_root = os.path.abspath(data_root)
-    if os.path.exists(os.path.join(data_root, DONE_MARKER)):
+    found = _read_marker(data_root)
+    if found == _marker(spec):
         return data_root
-    if os.path.exists(data_root):
-        raise FileExistsError(f'{data_root} exists but holds no complete generated dataset '
-                              f'(no {DONE_MARKER} marker); move it away or delete it')
+    if os.path.exists(data_root) and found is None:
+        raise FileExistsError(f'{data_root} exists but is not a generated shapes dataset '
+                              f'(no {DONE_MARKER} file); move it away or choose another '
+                              'data_root')
     parent = os.path.dirname(data_root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.shapes-', dir=parent)
@@ -189,12 +207,20 @@ def generate_shapes_dataset(data_root: str, spec: ShapesSpec = ShapesSpec()) -> 
         for split in SPLITS:
             _write_split(spec, tmp, split)
         with open(os.path.join(tmp, DONE_MARKER), 'w') as f:
-            json.dump(spec.__dict__, f)
+            json.dump(_marker(spec), f)
+        if found is not None:  # an outdated generated copy: set it aside, then delete it
+            stale = tempfile.mkdtemp(prefix='.shapes-stale-', dir=parent)
+            try:
+                os.rename(data_root, os.path.join(stale, 'old'))
+            except OSError:
+                pass  # another process replaced it first
         try:
             os.rename(tmp, data_root)
         except OSError:
-            if not os.path.exists(os.path.join(data_root, DONE_MARKER)):
+            if _read_marker(data_root) != _marker(spec):
                 raise
+        if found is not None:
+            shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return data_root

@@ -38,6 +38,8 @@ class Runner(MMEngineRunner):
                                    "launcher 'pytorch') which runs gloo processes")
             timeout = env_cfg.get('dist_cfg', {}).get('timeout', 1800)
             torch_dist.init_process_group(backend='gloo', timeout=timedelta(seconds=timeout))
+            print(f'CPU-only distributed run: gloo process group, world_size: '
+                  f'{torch_dist.get_world_size()}, rank: {torch_dist.get_rank()}', flush=True)
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg, model):

@@ -7,7 +7,7 @@ Shapes use ``B`` images, ``N`` flattened feature positions over all levels,
 ``L`` feature levels, ``Q`` queries, ``C`` channels, ``D`` decoder layers.
 """
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 from torch import Tensor
 
@@ -34,9 +34,9 @@ class DecoderInputs:
 @dataclass
 class HeadInputs:
     hidden_states: Tensor  # (D, B, Q, C) every decoder layer's output
-    # Deformable DETR: the reference of each layer's input, then the last layer's
-    # output, normalised cxcy or cxcywh: (D + 1, B, Q, 2 | 4)
-    references: Optional[Tensor] = None
+    # Deformable DETR: D + 1 tensors (B, Q, 2 | 4), normalised cxcy or cxcywh: the
+    # reference of each layer's input, then the last layer's output
+    references: Optional[List[Tensor]] = None
     # two-stage: the encoder's proposal scores and boxes for the selected proposals
     enc_outputs_class: Optional[Tensor] = None  # (B, N, num_classes)
     enc_outputs_coord: Optional[Tensor] = None  # (B, N, 4) normalised cxcywh

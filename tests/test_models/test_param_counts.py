@@ -1,5 +1,7 @@
-"""Parameter counts against the official implementations' numbers."""
+"""Parameter counts against the official implementations' numbers (num_classes=91,
+without the backbone's normalisation layers, which are frozen buffers there)."""
 import pytest
+import torch
 from mmdet_reference import build_ours
 from mmengine.config import Config
 
@@ -9,6 +11,11 @@ from mmdeform.utils import count_parameters
 @pytest.mark.parametrize('config, expected', [
     ('configs/detr.py', 41_524_768),
     ('configs/detr_dc5.py', 41_524_768),
+    ('configs/deformable_detr.py', 40_069_665),
+    ('configs/deformable_detr_refine.py', 40_849_660),
+    ('configs/deformable_detr_refine_two_stage.py', 41_181_529),
+    ('configs/deformable_detr_single_scale.py', 34_066_593),
+    ('configs/deformable_detr_single_scale_dc5.py', 34_066_593),
 ])
 def test_parameter_count_excluding_backbone_norms(config, expected):
     cfg = Config.fromfile(config)
@@ -17,9 +24,21 @@ def test_parameter_count_excluding_backbone_norms(config, expected):
     assert count_parameters(build_ours(cfg), exclude_backbone_norms=True) == expected
 
 
+def test_dcn_config_uses_modulated_deformable_convolution():
+    from mmcv.ops import ModulatedDeformConv2dPack
+    cfg = Config.fromfile('configs/deformable_detr_refine_two_stage_dcn.py')
+    cfg.model.backbone.init_cfg = None
+    backbone = build_ours(cfg).backbone
+    for stage, expect_dcn in zip(('layer1', 'layer2', 'layer3', 'layer4'),
+                                 (False, True, True, True)):
+        convs = [getattr(backbone, stage)[i].conv2 for i in range(len(getattr(backbone, stage)))]
+        assert all(isinstance(c, ModulatedDeformConv2dPack) == expect_dcn for c in convs), stage
+    # DCNv2 adds offset and mask convs: 3 * 3 * 3 channels (2 offsets + 1 mask per tap)
+    assert backbone.layer2[0].conv2.conv_offset.out_channels == 27
+
+
 def test_dc5_first_block_of_the_dilated_stage_is_not_dilated():
     """torchvision's replace_stride_with_dilation: C5 at stride 16, layer4[0] at dilation 1."""
-    import torch
     cfg = Config.fromfile('configs/detr_dc5.py')
     cfg.model.backbone.init_cfg = None
     model = build_ours(cfg)

@@ -1,9 +1,9 @@
 # The built-in dataset: generated shapes (4 classes), written under data/shapes/ on
-# first use. Images are 128-192 px; they are resized so the short side is 256.
+# first use. Images are 128-192 px; they are resized to fit 192 x 192.
 dataset_type = 'ShapesDataset'
 data_root = 'data/shapes/'
 backend_args = None
-img_scale = (384, 256)
+img_scale = (192, 192)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),

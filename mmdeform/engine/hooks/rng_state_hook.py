@@ -4,7 +4,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from mmengine.dist import all_gather_object, get_dist_info
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 
 from mmdeform.registry import HOOKS
@@ -30,13 +30,15 @@ def restore_rng_state(state: dict) -> None:
 class RNGStateHook(Hook):
     """Make a resumed run draw the same random numbers as an uninterrupted one.
 
-    mmengine re-seeds on resume, so augmentations and dropout after a resume
-    differ from the run that was not stopped. This hook stores every
-    process's Python, numpy and torch generator states in the checkpoint
-    (``checkpoint['rng_states']``, one per rank) and restores them right
-    before the first training iteration after the resume, i.e. after an
-    iteration-based loop has skipped the batches it already trained on.
-    States from a different world size are not restored (logged).
+    mmengine re-seeds on resume, so dropout (and augmentation) after a resume
+    differs from the run that was not stopped. In a single-process run this
+    hook stores the Python, numpy and torch generator states in the checkpoint
+    (``checkpoint['rng_state']``) and restores them right before the first
+    training iteration after the resume, i.e. after an iteration-based loop
+    has skipped the batches it already trained on.
+
+    Distributed runs are left as mmengine makes them: the Runner saves
+    checkpoints on rank 0 alone, so the other ranks' states cannot be stored.
     With ``num_workers > 0`` the data workers keep generators of their own,
     which no checkpoint holds.
     """
@@ -46,18 +48,12 @@ class RNGStateHook(Hook):
         self._pending: Optional[dict] = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['rng_states'] = all_gather_object(capture_rng_state())
+        if get_world_size() == 1:
+            checkpoint['rng_state'] = capture_rng_state()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        states = checkpoint.get('rng_states')
-        if states is None:
-            return
-        rank, world_size = get_dist_info()
-        if len(states) != world_size:
-            runner.logger.warning(f'The checkpoint holds RNG states of {len(states)} processes, '
-                                  f'this run has {world_size}: they are not restored')
-            return
-        self._pending = states[rank]
+        if 'rng_state' in checkpoint and get_world_size() == 1:
+            self._pending = checkpoint['rng_state']
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         if self._pending is not None:

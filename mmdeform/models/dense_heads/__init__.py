@@ -1,3 +1,4 @@
+from .deformable_detr_head import DeformableDETRHead
 from .detr_head import DETRHead
 
-__all__ = ['DETRHead']
+__all__ = ['DETRHead', 'DeformableDETRHead']

@@ -1,0 +1,124 @@
+"""Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021, Eq. 3) on mmcv's op."""
+import math
+from typing import Optional
+
+import torch
+from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
+                                              multi_scale_deformable_attn_pytorch)
+from torch import Tensor, nn
+
+
+class MSDeformAttn(nn.Module):
+    """Each query attends to ``num_points`` sampled locations per head and level.
+
+    ``out = W_o sum_m sum_l sum_k A_mlqk * W_v x_l(phi_l(p_q) + dp_mlqk)``: the
+    offsets ``dp`` and weights ``A`` (softmax over levels x points) are linear
+    functions of the query; the sampling is bilinear, done by mmcv's
+    ``MultiScaleDeformableAttnFunction`` (the compiled kernel) when the tensors
+    are on CUDA, and by mmcv's ``grid_sample`` implementation otherwise.
+
+    Parameter names (``sampling_offsets``, ``attention_weights``,
+    ``value_proj``, ``output_proj``) are the official code's, mmcv's and mmdet's.
+
+    Args:
+        embed_dims: channels ``C``.
+        num_heads: ``M`` (8).
+        num_levels: ``L`` feature levels.
+        num_points: ``K`` sampling points per head and level (4).
+        im2col_step: the CUDA kernel's batch chunk.
+    """
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
+                 num_points: int = 4, im2col_step: int = 64) -> None:
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f'MSDeformAttn: embed_dims ({embed_dims}) must be divisible by '
+                             f'num_heads ({num_heads})')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.im2col_step = im2col_step
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        # set by record_sampling(True): the last call's sampling (for visualisation)
+        self.recording = False
+        self.last_sampling_locations: Optional[Tensor] = None
+        self.last_attention_weights: Optional[Tensor] = None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Offsets start on a circle of directions, the k-th point k+1 cells out;
+        attention is uniform (zero logits); value and output projections Xavier."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid *= torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.constant_(proj.bias, 0.0)
+
+    def sampling(self, query: Tensor, reference_points: Tensor, spatial_shapes: Tensor):
+        """Sampling locations ``(B, Nq, M, L, K, 2)`` in [0, 1] and their attention
+        weights ``(B, Nq, M, L, K)``.
+
+        2-d references (normalised cx, cy) are moved by offsets in cells of each
+        level: ``offset / (W_l, H_l)``. 4-d references (cx, cy, w, h) are moved by
+        ``offset / K * (w, h) * 0.5``, so the points stay within the box scale.
+        """
+        b, nq, _ = query.shape
+        m, lv, k = self.num_heads, self.num_levels, self.num_points
+        offsets = self.sampling_offsets(query).view(b, nq, m, lv, k, 2)
+        weights = self.attention_weights(query).view(b, nq, m, lv * k).softmax(-1)
+        weights = weights.view(b, nq, m, lv, k)
+        if reference_points.shape[-1] == 2:
+            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = (reference_points[:, :, None, :, None, :] +
+                         offsets / normalizer[None, None, None, :, None, :])
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2] +
+                         offsets / k * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError('MSDeformAttn: reference_points must end in 2 (points) or 4 '
+                             f'(boxes), got shape {tuple(reference_points.shape)}')
+        return locations, weights
+
+    def forward(self, query: Tensor, value: Tensor, reference_points: Tensor,
+                spatial_shapes: Tensor, level_start_index: Tensor,
+                value_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """
+        Args:
+            query: ``(B, Nq, C)``, positions already added.
+            value: ``(B, Nv, C)``, the flattened levels.
+            reference_points: ``(B, Nq, L, 2)`` normalised (cx, cy) per level,
+                or ``(B, Nq, L, 4)`` normalised boxes.
+            spatial_shapes: ``(L, 2)`` int64 ``(H, W)``.
+            level_start_index: ``(L,)`` offset of each level in ``Nv``.
+            value_padding_mask: ``(B, Nv)`` bool, True at padding; those values are zeroed.
+
+        Returns:
+            ``(B, Nq, C)`` after the output projection (no residual).
+        """
+        b, nv, _ = value.shape
+        value = self.value_proj(value)
+        if value_padding_mask is not None:
+            value = value.masked_fill(value_padding_mask[..., None], 0.0)
+        value = value.view(b, nv, self.num_heads, self.embed_dims // self.num_heads)
+        locations, weights = self.sampling(query, reference_points, spatial_shapes)
+        if self.recording:
+            self.last_sampling_locations = locations.detach()
+            self.last_attention_weights = weights.detach()
+        if value.is_cuda:
+            out = MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
+                                                         locations, weights, self.im2col_step)
+        else:
+            out = multi_scale_deformable_attn_pytorch(value, spatial_shapes, locations, weights)
+        return self.output_proj(out)
