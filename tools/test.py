@@ -16,7 +16,8 @@ from mmdeform.utils import check_dataset_paths, register_all_modules
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and evaluate) a DETR-family detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or http(s) URL (downloaded once into '
+                        'the cache; a -<sha256 prefix>.pth name is verified)')
     parser.add_argument('--work-dir', help='the directory to save the evaluation metrics')
     parser.add_argument('--out', type=str, help='dump the predictions to a pickle file (.pkl)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
@@ -63,6 +64,8 @@ def build_config(args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    # evaluating weights that do not fit the model measures nothing: refuse them
+    cfg.strict_load = True
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.out is not None:

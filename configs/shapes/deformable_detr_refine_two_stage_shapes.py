@@ -37,11 +37,11 @@ model = dict(
 optim_wrapper = dict(
     optimizer=dict(lr=4e-4),
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=1.0)}))
-max_epochs = 12
-train_cfg = dict(max_epochs=max_epochs, val_interval=3)
+max_epochs = 10
+train_cfg = dict(max_epochs=max_epochs, val_interval=2)
 param_scheduler = [
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[10], gamma=0.1)
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8], gamma=0.1)
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=3))
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=2))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -1,6 +1,10 @@
+from .coco import COCO_CATEGORY_IDS
 from .common import (ConversionReport, UnmappedKeysError, read_state_dict, run_converter,
                      save_checkpoint_atomic)
 from .mmdet import convert_mmdet
+from .official import (convert_official_deformable_detr, convert_official_detr,
+                       select_class_rows)
 
-__all__ = ['ConversionReport', 'UnmappedKeysError', 'read_state_dict', 'run_converter',
-           'save_checkpoint_atomic', 'convert_mmdet']
+__all__ = ['COCO_CATEGORY_IDS', 'ConversionReport', 'UnmappedKeysError', 'read_state_dict',
+           'run_converter', 'save_checkpoint_atomic', 'convert_mmdet',
+           'convert_official_deformable_detr', 'convert_official_detr', 'select_class_rows']

@@ -11,9 +11,11 @@ Layout under ``data_root`` (``data/shapes`` by default)::
     val/000000.png ...     annotations/instances_val.json
 
 Four classes (rectangle, ellipse, triangle, cross) of random colour, size
-(from 6 px to over half the image), aspect ratio and position, at most 30%
-IoU with each other; image sizes vary, so batches are padded; about 8% of
-images hold no object.
+(the square root of the area from 12 px, about the smallest at which the four
+shapes can be told apart by eye, to 60% of the image side), aspect ratio and
+position, at most 30% IoU with each other; image sizes vary, so batches are
+padded; about 8% of images hold no object. About half of the objects are "small" by COCO's definition
+(area below 32 x 32).
 """
 import json
 import os
@@ -34,7 +36,7 @@ PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75), (245, 130, 48)]
 SPLITS = ('train', 'val')
 DONE_MARKER = '.generated'
 # Bump when the drawing changes: a dataset written by another version is replaced.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ShapesSpec:
     max_objects: int = 6
     empty_fraction: float = 0.08
     max_iou: float = 0.3
+    min_object_size: int = 12
     seed: int = 0
 
     def num_images(self, split: str) -> int:
@@ -112,9 +115,9 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
 
 
-def _sample_box(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _sample_box(rng: np.random.Generator, h: int, w: int, min_size: int) -> np.ndarray:
     # log-uniform scale: many small objects, some large ones
-    side = np.exp(rng.uniform(np.log(6), np.log(0.6 * min(h, w))))
+    side = np.exp(rng.uniform(np.log(min_size), np.log(0.6 * min(h, w))))
     aspect = np.exp(rng.uniform(np.log(0.4), np.log(2.5)))
     bw = int(np.clip(round(side * np.sqrt(aspect)), 4, w))
     bh = int(np.clip(round(side / np.sqrt(aspect)), 4, h))
@@ -133,7 +136,7 @@ def draw_image(spec: ShapesSpec, split: str, index: int) -> Tuple[np.ndarray, Li
     objects: List[Dict] = []
     for _ in range(num):
         for _attempt in range(10):
-            box = _sample_box(rng, h, w)
+            box = _sample_box(rng, h, w, spec.min_object_size)
             if all(_iou(box, o['bbox']) <= spec.max_iou for o in objects):
                 break
         else:

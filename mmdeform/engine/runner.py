@@ -7,17 +7,21 @@ import os.path as osp
 import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as MMEngineRunner
+from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
 from mmdeform.registry import RUNNERS
-from mmdeform.utils.checkpoint import register_checkpoint_loaders, trusted_checkpoints
+from mmdeform.utils.checkpoint import (CheckpointMismatchError, checkpoint_mismatch,
+                                       describe_mismatch, register_checkpoint_loaders,
+                                       trusted_checkpoints)
 
 register_checkpoint_loaders()
 
 
 @RUNNERS.register_module()
 class Runner(MMEngineRunner):
-    """:class:`mmengine.runner.Runner` with three changes.
+    """:class:`mmengine.runner.Runner` with four changes.
 
     * Resuming loads the run's own checkpoint in full (trusted); every other
       checkpoint goes through the restricted unpickler (see
@@ -28,6 +32,9 @@ class Runner(MMEngineRunner):
       ``device_ids=[rank]``, both of which fail on a CPU-only machine.
     * Checkpoints in a local directory are written to a temporary name and
       renamed into place, so a crash never leaves a truncated ``epoch_N.pth``.
+    * A checkpoint that does not fit the model is reported key by key (missing,
+      unexpected, shape); with ``strict_load = True`` in the config (as
+      ``tools/test.py`` sets it) that is an error instead of a warning.
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -58,6 +65,22 @@ class Runner(MMEngineRunner):
         super().save_checkpoint(out_dir, partial, *args, **kwargs)
         if self.rank == 0:
             os.replace(osp.join(out_dir, partial), osp.join(out_dir, filename))
+
+    def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]):
+        checkpoint = _load_checkpoint(filename, map_location=map_location)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        mismatch = checkpoint_mismatch(model, checkpoint, revise_keys)
+        if any(mismatch.values()):
+            message = describe_mismatch(filename, mismatch, checkpoint)
+            if strict or self.cfg.get('strict_load', False):
+                raise CheckpointMismatchError(message)
+            self.logger.warning(message)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         self.logger.info(f'Resuming from {filename}: it is this run\'s own training state, '

@@ -154,10 +154,61 @@ def _load_from_local(filename: str, map_location=None) -> Any:
     return load_checkpoint_file(filename, map_location)
 
 
+def _load_from_http(url: str, map_location=None) -> Any:
+    from .download import download_checkpoint
+    return load_checkpoint_file(download_checkpoint(url), map_location)
+
+
 def register_checkpoint_loaders() -> None:
-    """Route mmengine's local-file loading (``load_from``, ``resume``, ``init_cfg``
-    checkpoints) through :func:`load_checkpoint_file`."""
+    """Route mmengine's loading of local files and http(s) URLs (``load_from``,
+    ``resume``, ``init_cfg`` checkpoints, ``tools/test.py CKPT``) through
+    :func:`load_checkpoint_file`; URLs are downloaded once, hash-checked, cached."""
     CheckpointLoader.register_scheme(prefixes='', force=True)(_load_from_local)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                     force=True)(_load_from_http)
+
+
+class CheckpointMismatchError(RuntimeError):
+    pass
+
+
+def checkpoint_mismatch(model: torch.nn.Module, checkpoint: dict,
+                        revise_keys=((r'^module\.', ''), )) -> Dict[str, list]:
+    """Keys the model lacks, keys the checkpoint lacks, and shapes that differ."""
+    import re
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    for pattern, repl in revise_keys:
+        state = {re.sub(pattern, repl, k): v for k, v in state.items()}
+    own = model.state_dict()
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in state and hasattr(state[k], 'shape') and tuple(state[k].shape) != tuple(v.shape)]
+    return dict(missing=[k for k in own if k not in state],
+                unexpected=[k for k in state if k not in own],
+                shape=shapes)
+
+
+def describe_mismatch(filename: str, mismatch: Dict[str, list], checkpoint: dict) -> str:
+    lines = [f'checkpoint {filename} does not fit the model of this config:']
+    for name, label in (('missing', 'missing from the checkpoint'),
+                        ('unexpected', 'in the checkpoint but not in the model')):
+        keys = mismatch[name]
+        if keys:
+            lines.append(f'  {len(keys)} keys {label}: ' + ', '.join(keys[:8]) +
+                         (' ...' if len(keys) > 8 else ''))
+    for key, theirs, ours in mismatch['shape'][:8]:
+        lines.append(f'  shape of {key}: checkpoint {theirs}, model {ours}')
+    if len(mismatch['shape']) > 8:
+        lines.append(f'  ... {len(mismatch["shape"]) - 8} more shape mismatches')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    hint = None
+    if isinstance(meta, dict):
+        import re
+        hint = meta.get('config') or meta.get('source_format')
+        if not hint and isinstance(meta.get('experiment_name'), str):
+            hint = re.sub(r'_\d{8}_\d{6}$', '', meta['experiment_name']) + '.py'
+    if hint:
+        lines.append(f'  The file says it was made for: {hint}')
+    return '\n'.join(lines)
 
 
 def opaque_objects(obj: Any, path: str = '') -> Dict[str, str]:
@@ -175,4 +226,5 @@ def opaque_objects(obj: Any, path: str = '') -> Dict[str, str]:
 
 
 __all__ = ['trusted_checkpoints', 'load_checkpoint_file', 'register_checkpoint_loaders',
-           'OpaqueObject', 'RestrictedUnpickler', 'opaque_objects']
+           'OpaqueObject', 'RestrictedUnpickler', 'opaque_objects', 'checkpoint_mismatch',
+           'describe_mismatch', 'CheckpointMismatchError']
