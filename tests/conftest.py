@@ -23,3 +23,19 @@ def shapes_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('data') / 'shapes')
     generate_shapes_dataset(root, ShapesSpec(num_train=16, num_val=8))
     return root
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(shapes_root, tmp_path_factory):
+    """A shapes Deformable DETR (refine + two-stage) trained 2 iterations by tools/train.py.
+
+    Returns ``(config, checkpoint, cfg_options)``; pass the options to any tool
+    that builds datasets, so that they read the generated test dataset.
+    """
+    from helpers import PYTHON, run_tool, shapes_options
+    work_dir = tmp_path_factory.mktemp('tiny_ckpt')
+    config = 'tests/data/configs/ddetr_shapes_tiny.py'
+    options = shapes_options(shapes_root)
+    run_tool([PYTHON, 'tools/train.py', config, '--work-dir', str(work_dir), '--cfg-options',
+              *options])
+    return config, str(work_dir / 'iter_2.pth'), options

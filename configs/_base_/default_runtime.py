@@ -21,6 +21,7 @@ log_level = 'INFO'
 load_from = None
 resume = False
 
-# Store the random generators' states in checkpoints, so a resumed run continues
-# exactly as the uninterrupted one would (single process, num_workers=0 for the data).
-custom_hooks = [dict(type='RNGStateHook')]
+# RNGStateHook stores the random generators' states in checkpoints, so a resumed run
+# continues exactly as the uninterrupted one would (single process, num_workers=0);
+# EvalProgressBarHook shows a progress bar during evaluation on a terminal.
+custom_hooks = [dict(type='RNGStateHook'), dict(type='EvalProgressBarHook')]

@@ -1,4 +1,4 @@
-from .hooks import RNGStateHook
+from .hooks import EvalProgressBarHook, RNGStateHook
 from .runner import Runner
 
-__all__ = ['Runner', 'RNGStateHook']
+__all__ = ["Runner", "RNGStateHook", "EvalProgressBarHook"]

@@ -133,6 +133,12 @@ class DeformableDETR(BaseDETR):
             reference_points = self.reference_points_fc(query_pos).sigmoid()
             return DecoderInputs(query, query_pos, memory, reference_points), {}
 
+        if memory.shape[1] < self.num_queries:
+            raise ValueError(
+                f'two-stage {type(self).__name__} selects num_queries={self.num_queries} '
+                f'proposals, but the image gives only {memory.shape[1]} feature cells over all '
+                f'levels (spatial_shapes {enc.spatial_shapes.tolist()}); use a larger image or '
+                'fewer queries')
         output_memory, output_proposals = self.encoder_proposals(memory, enc.feat_mask,
                                                                  enc.spatial_shapes)
         proposal_layer = self.decoder.num_layers

@@ -92,3 +92,21 @@ def test_encoder_reference_points_by_hand():
     # x: (0.5, 1.5) cells / (0.5 * 2 cells) = (0.5, 1.5), times the ratio 0.5
     torch.testing.assert_close(ref[1, :, 0], torch.tensor([[0.25, 0.25], [0.75, 0.25],
                                                            [0.25, 0.75], [0.75, 0.75]]))
+
+
+def test_recorded_sampling_is_what_was_sampled():
+    """The recorded locations and weights, fed to mmcv's reference implementation,
+    reproduce the module's output: the visualisation draws what the model used."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    ours, _ = _pair()
+    g = torch.Generator().manual_seed(3)
+    value = torch.randn(1, 60, 32, generator=g)
+    query = torch.randn(1, 7, 32, generator=g)
+    refs = torch.rand(1, 7, 2, 4, generator=g)
+    ours.recording = True
+    out = ours(query, value, refs, SHAPES, START)
+    locations, weights = ours.last_sampling_locations, ours.last_attention_weights
+    assert locations.shape == (1, 7, 4, 2, 3, 2) and weights.shape == (1, 7, 4, 2, 3)
+    v = ours.value_proj(value).view(1, 60, 4, 8)
+    again = ours.output_proj(multi_scale_deformable_attn_pytorch(v, SHAPES, locations, weights))
+    torch.testing.assert_close(out, again)
