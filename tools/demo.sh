@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-CONFIG=${1:-${DEMO_CONFIG:-configs/shapes/detr_r18_shapes.py}}
+CONFIG=${1:-${DEMO_CONFIG:-configs/shapes/deformable_detr_refine_two_stage_shapes.py}}
 NAME=$(basename "$CONFIG" .py)
 WORK_DIR=work_dirs/demo/$NAME
 PY=${PYTHON:-$ROOT/.venv/bin/python}
