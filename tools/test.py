@@ -5,12 +5,11 @@ a PNG per image with the ground truth and the predictions.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 
 from mmdeform.engine import Runner
-from mmdeform.utils import check_dataset_paths, register_all_modules
+from mmdeform.utils import check_dataset_paths, load_config, register_all_modules
 
 
 def parse_args(argv=None):
@@ -53,16 +52,7 @@ def enable_visualization(cfg: Config, args) -> None:
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file {args.config!r} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
     # evaluating weights that do not fit the model measures nothing: refuse them
     cfg.strict_load = True

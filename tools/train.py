@@ -4,12 +4,11 @@ The arguments are mmdet's. Distributed: ``tools/dist_train.sh CONFIG GPUS``.
 """
 import argparse
 import os
-import os.path as osp
 
 from mmengine.config import Config, DictAction
 
 from mmdeform.engine import Runner
-from mmdeform.utils import check_dataset_paths, register_all_modules
+from mmdeform.utils import check_dataset_paths, load_config, register_all_modules
 
 
 def parse_args(argv=None):
@@ -35,16 +34,7 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'config file {args.config!r} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('AMP is already enabled in the config.')

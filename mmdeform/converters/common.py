@@ -1,6 +1,7 @@
 """What every checkpoint converter shares: reading, the mapping report, atomic writing."""
 import os
 import os.path as osp
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -40,6 +41,20 @@ class UnmappedKeysError(KeyError):
     pass
 
 
+def progress(items):
+    """Iterate ``items`` (a sized collection) with a progress bar on a terminal."""
+    items = list(items)
+    if not sys.stdout.isatty() or not items:
+        yield from items
+        return
+    from mmengine.utils import ProgressBar
+    bar = ProgressBar(len(items))
+    for item in items:
+        yield item
+        bar.update()
+    sys.stdout.write('\n')
+
+
 Rule = Tuple[str, Optional[str]]  # (source prefix, target prefix or None to drop)
 
 
@@ -57,7 +72,7 @@ def rename_by_prefix(state_dict: StateDict, rules: List[Rule],
     drop_reasons = drop_reasons or {}
     report = ConversionReport()
     out: StateDict = {}
-    for key, value in state_dict.items():
+    for key, value in progress(state_dict.items()):
         for src, dst in rules:
             if key.startswith(src):
                 if dst is None:

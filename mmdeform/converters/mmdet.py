@@ -13,7 +13,7 @@ from typing import Tuple
 
 import torch
 
-from .common import ConversionReport, StateDict, rename_by_prefix
+from .common import ConversionReport, StateDict, progress, rename_by_prefix
 
 DETR_RULES = [
     ('bbox_head.fc_cls.', 'bbox_head.cls_branch.'),
@@ -40,7 +40,7 @@ def detect_family(state_dict: StateDict) -> str:
 def _convert_deformable(state_dict: StateDict) -> Tuple[StateDict, ConversionReport]:
     report = ConversionReport()
     out: StateDict = {}
-    for key, value in state_dict.items():
+    for key, value in progress(state_dict.items()):
         match = _DEFORMABLE_REG.match(key)
         new_key = key
         if match:

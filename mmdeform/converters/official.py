@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .coco import COCO_CATEGORY_IDS, NUM_OFFICIAL_CLASSES
-from .common import ConversionReport, StateDict
+from .common import ConversionReport, StateDict, progress
 
 def _apply_rules(state_dict: StateDict, rules: List[Tuple[str, Optional[str], str]],
                  report: ConversionReport) -> StateDict:
@@ -34,7 +34,7 @@ def _apply_rules(state_dict: StateDict, rules: List[Tuple[str, Optional[str], st
     """
     compiled = [(re.compile(p), r, why) for p, r, why in rules]
     out: StateDict = {}
-    for key, value in state_dict.items():
+    for key, value in progress(state_dict.items()):
         for pattern, replacement, why in compiled:
             if pattern.fullmatch(key):
                 if replacement is None:

@@ -1,6 +1,6 @@
-"""Checks of a config's file paths before a run starts, with messages that say what to fix."""
+"""Loading a config for the tools, and checking its file paths before a run starts."""
 import os.path as osp
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from mmengine.config import Config
 
@@ -50,3 +50,20 @@ def check_dataset_paths(cfg: Config, splits=('train_dataloader', 'val_dataloader
             raise FileNotFoundError(
                 f'{split}.dataset.ann_file {ann_file!r} does not exist; check the data root '
                 f'and annotation file name, or set --cfg-options {split}.dataset.ann_file=PATH')
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None, work_dir: Optional[str] = None,
+                launcher: str = 'none') -> Config:
+    """The config as mmdet's tools prepare it: ``--cfg-options`` merged, the work
+    directory from ``--work-dir``, the config, or ``./work_dirs/<config name>``."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} does not exist')
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg

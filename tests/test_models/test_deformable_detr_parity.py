@@ -4,7 +4,13 @@ mmdet's model is built from its own config with random weights, every tensor is
 perturbed, the checkpoint goes through tools/model_converters/mmdet_to_mmdeform.py
 and our model must give the same outputs and training losses on a padded batch of
 two images of different sizes.
+
+Set MMDEFORM_TEST_DEVICE=cuda to run our model on the GPU, where MSDeformAttn
+uses mmcv's compiled kernel, against mmdet's model on the CPU (mmcv's PyTorch
+implementation): the kernel is then checked against an independent path.
 """
+import os
+
 import pytest
 import torch
 from helpers import PYTHON, disable_dropout, make_batch, preprocess, run_tool
@@ -13,6 +19,7 @@ from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
+DEVICE = os.environ.get('MMDEFORM_TEST_DEVICE', 'cpu')
 VARIANTS = {
     'deformable': ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
                    'configs/deformable_detr.py'),
@@ -38,7 +45,19 @@ def pair(request, tmp_path_factory):
     cfg.model.backbone.init_cfg = None
     ours = build_ours(cfg)
     ours.load_state_dict(load_checkpoint_file(str(tmp / 'mmdeform.pth'))['state_dict'], strict=True)
+    if DEVICE != 'cpu':
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ours.to(DEVICE)
     return request.param, ref, ours
+
+
+def _on_device(inputs, samples):
+    return inputs.to(DEVICE), [s.to(DEVICE) for s in samples]
+
+
+def _cpu(x):
+    return None if x is None else x.cpu()
 
 
 def _mmdet_encoder_proposals(ref, inputs, samples):
@@ -60,7 +79,8 @@ def test_eval_outputs_match(pair):
     inputs, samples = preprocess(ref, *make_batch())
     with torch.no_grad():
         ref_cls, ref_box = ref(inputs, samples, mode='tensor')
-        out = ours(inputs, samples, mode='tensor')
+        raw = ours(*_on_device(inputs, samples), mode='tensor')
+        out = type(raw)(*map(_cpu, raw))
         assert out.all_cls_scores.shape == (6, 2, 300, 80)
         torch.testing.assert_close(out.all_cls_scores, ref_cls, atol=1e-4, rtol=0)
         torch.testing.assert_close(out.all_bbox_preds, ref_box, atol=1e-4, rtol=0)
@@ -78,7 +98,7 @@ def test_training_losses_match(pair):
     disable_dropout(ref), disable_dropout(ours)
     inputs, samples = preprocess(ref, *make_batch(boxes_per_image=[4, 2]), training=True)
     ref_losses = ref(inputs, samples, mode='loss')
-    our_losses = ours(inputs, samples, mode='loss')
+    our_losses = ours(*_on_device(inputs, samples), mode='loss')
     assert set(our_losses) == set(ref_losses)
     assert len(our_losses) == (21 if name == 'refine_two_stage' else 18)
     for key, value in ref_losses.items():

@@ -39,21 +39,24 @@ def load_tool(path: str):
 def test_get_flops_msda_and_params_by_hand():
     """Tiny Deformable DETR at 128 x 192: C4, C5 and an extra stride-2 level at
     strides 16, 32, 64 -> 8x12 + 4x6 + 2x3 = 126 tokens; 3 encoder layers
-    query all of them, 3 decoder layers 50 queries; C = 128, L = 3, K = 4."""
+    query all of them, 3 decoder layers 50 queries; L = 3, K = 4 and the width C
+    as the config sets it."""
+    from mmengine.config import Config
     config = 'tests/data/configs/ddetr_shapes_tiny.py'
+    cfg = Config.fromfile(config)
+    c = cfg.model.encoder.embed_dims
+    assert (cfg.model.encoder.num_layers, cfg.model.decoder.num_layers, cfg.model.num_queries,
+            cfg.model.num_feature_levels, cfg.model.encoder.num_points) == (3, 3, 50, 3, 4)
     out = run_tool([PYTHON, GET_FLOPS, config, '--shape', '128', '192']).stdout
     tokens = 8 * 12 + 4 * 6 + 2 * 3
     queries = 3 * tokens + 3 * 50
-    per_query = 128 * 3 * 4 * (4 + 1)  # channels x levels x points x (bilinear taps + weight)
+    per_query = c * 3 * 4 * (4 + 1)  # channels x levels x points x (bilinear taps + weight)
     assert printed_int(out, 'MSDeformAttn sampling') == queries * per_query
     regular = printed_int(out, 'regular layers')
     assert printed_int(out, 'FLOPs, total') == regular + queries * per_query
     assert '1 FLOP = 1 fused multiply-add' in out
 
-    from mmengine.config import Config
-
     from mmdeform.registry import MODELS
-    cfg = Config.fromfile(config)
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     assert printed_int(out, 'Parameters') == sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.detectors.base import BaseDetector
 from mmdet.structures import OptSampleList, SampleList
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmdeform.registry import MODELS
 from ..structures import DecoderInputs, EncoderInputs, HeadInputs, HeadOutputs
@@ -60,6 +60,15 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
             raise ValueError(f'{type(self).__name__}: positional_encoding.num_feats '
                              f'({self.positional_encoding.num_feats}) must be half of the '
                              f'transformer width ({self.embed_dims})')
+
+    def init_weights(self) -> None:
+        """Backbone/neck/head by their own rules, then Xavier for every matrix of
+        the encoder and decoder (both official repositories do this)."""
+        super().init_weights()
+        for module in (self.encoder, self.decoder):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
 
     @abstractmethod
     def _init_transformer(self, encoder: dict, decoder: dict) -> None:

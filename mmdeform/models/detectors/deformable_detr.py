@@ -78,10 +78,6 @@ class DeformableDETR(BaseDETR):
 
     def init_weights(self) -> None:
         super().init_weights()
-        for module in (self.encoder, self.decoder):
-            for p in module.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m.init_weights()

@@ -24,13 +24,6 @@ class DETR(BaseDETR):
         self.decoder = DetrDecoder(**decoder)
         self.query_embedding = nn.Embedding(self.num_queries, self.encoder.embed_dims)
 
-    def init_weights(self) -> None:
-        super().init_weights()
-        for module in (self.encoder, self.decoder):
-            for p in module.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
-
     def pre_transformer(self, feats: Sequence[Tensor],
                         batch_data_samples: SampleList) -> EncoderInputs:
         feat = feats[-1]
