@@ -19,9 +19,11 @@ def _register_modules():
 @pytest.fixture(scope='session')
 def shapes_root(tmp_path_factory):
     """A small generated shapes dataset shared by the tests that train."""
+    from helpers import SHAPES_TEST_SPEC
+
     from mmdeform.datasets import ShapesSpec, generate_shapes_dataset
     root = str(tmp_path_factory.mktemp('data') / 'shapes')
-    generate_shapes_dataset(root, ShapesSpec(num_train=16, num_val=8))
+    generate_shapes_dataset(root, ShapesSpec(**SHAPES_TEST_SPEC))
     return root
 
 

@@ -61,11 +61,22 @@ def run_tool(args, timeout=900, env=None, check=True):
     return proc
 
 
+# The size of the dataset that the ``shapes_root`` fixture generates.
+SHAPES_TEST_SPEC = dict(num_train=16, num_val=8)
+
+
 def shapes_options(root):
-    """--cfg-options that point a shapes config at a generated dataset in ``root``."""
+    """--cfg-options that point a shapes config at the generated test dataset in ``root``.
+
+    The spec is passed too: a ShapesDataset whose spec differs from the one a
+    generated dataset was written with regenerates it, at full size.
+    """
     root = root.rstrip('/') + '/'
+    spec = [f'{loader}.dataset.spec.{key}={value}'
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+            for key, value in SHAPES_TEST_SPEC.items()]
     return [f'train_dataloader.dataset.data_root={root}',
             f'val_dataloader.dataset.data_root={root}',
-            f'test_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}', *spec,
             f'val_evaluator.ann_file={root}annotations/instances_val.json',
             f'test_evaluator.ann_file={root}annotations/instances_val.json']

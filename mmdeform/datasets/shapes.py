@@ -207,6 +207,13 @@ def generate_shapes_dataset(data_root: str, spec: ShapesSpec = ShapesSpec()) -> 
     tmp = tempfile.mkdtemp(prefix='.shapes-', dir=parent)
     try:
         os.makedirs(os.path.join(tmp, 'annotations'))
+        if found is not None:
+            changed = {k: (found.get(k), v) for k, v in _marker(spec).items()
+                       if found.get(k) != v}
+            print(f'Replacing the generated shapes dataset in {data_root}: it was written '
+                  'with a different spec (' +
+                  ', '.join(f'{k}: {old} -> {new}' for k, (old, new) in changed.items()) +
+                  ')')
         print(f'Generating the shapes dataset in {data_root} ...')
         for split in SPLITS:
             _write_split(spec, tmp, split)

@@ -62,11 +62,13 @@ def test_dataset_keeps_empty_images_and_generates_on_first_use(tmp_path):
     assert np.isclose(SPEC.empty_fraction, 0.08)
 
 
-def test_outdated_copy_is_replaced_and_foreign_dirs_are_refused(tmp_path):
+def test_outdated_copy_is_replaced_and_foreign_dirs_are_refused(tmp_path, capsys):
     import pytest
     root = generate_shapes_dataset(str(tmp_path / 's'), SPEC)
     other = ShapesSpec(num_train=5, num_val=2)
+    capsys.readouterr()
     generate_shapes_dataset(root, other)
+    assert 'num_train: 40 -> 5, num_val: 10 -> 2' in capsys.readouterr().out
     assert len(os.listdir(os.path.join(root, 'train'))) == 5
     foreign = tmp_path / 'mine'
     foreign.mkdir()

@@ -88,8 +88,11 @@ def test_unreachable_and_missing_urls(server, tmp_path):
         download_checkpoint(url, cache_dir=str(tmp_path))
 
 
+SHAPES_DDETR = 'configs/shapes/deformable_detr_refine_two_stage_shapes.py'
+
+
 def _shapes_model_checkpoint(num_classes=4):
-    cfg = Config.fromfile('configs/shapes/deformable_detr_refine_two_stage_shapes.py')
+    cfg = Config.fromfile(SHAPES_DDETR)
     cfg.model.bbox_head.num_classes = num_classes
     torch.manual_seed(0)
     model = build_ours(cfg)
@@ -105,7 +108,7 @@ def test_test_tool_downloads_verifies_and_evaluates(server, tmp_path, shapes_roo
     options = shapes_options(shapes_root) + ['test_dataloader.num_workers=0',
                                              'test_dataloader.persistent_workers=False']
     proc = run_tool([PYTHON, 'tools/test.py',
-                     'configs/shapes/deformable_detr_refine_two_stage_shapes.py',
+                     SHAPES_DDETR,
                      f'{base}/{name}', '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
                      *options], env=env)
     assert (tmp_path / 'cache' / name).is_file() and requests == [f'/{name}']
@@ -117,14 +120,16 @@ def test_checkpoint_that_does_not_fit_is_reported(server, tmp_path, shapes_root)
     root, base, _ = server
     name = _serve_checkpoint(root, 'other_classes', _shapes_model_checkpoint(num_classes=7))
     proc = run_tool([PYTHON, 'tools/test.py',
-                     'configs/shapes/deformable_detr_refine_two_stage_shapes.py',
+                     SHAPES_DDETR,
                      f'{base}/{name}', '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
                      *shapes_options(shapes_root)],
                     env=dict(MMDEFORM_CHECKPOINTS=str(tmp_path / 'cache')), check=False)
     assert proc.returncode != 0
     err = proc.stderr
     assert 'CheckpointMismatchError' in err
-    assert 'shape of bbox_head.cls_branches.0.weight: checkpoint (7, 128), model (4, 128)' in err
+    width = Config.fromfile(SHAPES_DDETR).model.bbox_head.embed_dims
+    assert (f'shape of bbox_head.cls_branches.0.weight: checkpoint (7, {width}), '
+            f'model (4, {width})') in err
     assert 'made for: deformable_detr_refine_two_stage_shapes.py' in err
 
 
