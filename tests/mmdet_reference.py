@@ -44,3 +44,27 @@ def perturb(model: torch.nn.Module, seed: int = 1, scale: float = 0.02) -> None:
             tensor.mul_(1 + noise.abs())
         else:
             tensor.add_(noise)
+
+
+def assert_gradients_match(ref: torch.nn.Module, ours: torch.nn.Module, rtol: float = 5e-3,
+                           atol: float = 1e-7) -> int:
+    """After ``backward()`` on both models, every parameter gradient of mmdet's
+    model, renamed by the mmdet -> mmdeform converter, must equal ours: per
+    tensor, ``max |diff| <= rtol * max |grad| + atol``. Tensors the converter
+    adds (zero biases mmdet lacks) have no mmdet gradient and are skipped.
+    Returns the number of tensors compared."""
+    from mmdeform.converters.mmdet import convert_mmdet
+    ref_grads = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    renamed, report, _ = convert_mmdet(ref_grads, {})
+    our_grads = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
+    compared = {n: g for n, g in renamed.items() if n not in report.added}
+    expected = set(our_grads) - set(report.added)
+    assert set(compared) == expected, (sorted(set(compared) ^ expected)[:8], 'have a gradient '
+                                       'in only one of the two models')
+    bad = []
+    for name, grad in compared.items():
+        diff = (our_grads[name] - grad).abs().max().item()
+        if diff > rtol * grad.abs().max().item() + atol:
+            bad.append(f'{name}: max |diff| {diff:.3g}, max |grad| {grad.abs().max().item():.3g}')
+    assert not bad, 'gradients differ:\n' + '\n'.join(bad[:10])
+    return len(compared)

@@ -14,7 +14,8 @@ import os
 import pytest
 import torch
 from helpers import PYTHON, disable_dropout, make_batch, preprocess, run_tool
-from mmdet_reference import build_mmdet, build_ours, mmdet_config, perturb
+from mmdet_reference import (assert_gradients_match, build_mmdet, build_ours, mmdet_config,
+                              perturb)
 from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
@@ -103,3 +104,8 @@ def test_training_losses_match(pair):
     assert len(our_losses) == (21 if name == 'refine_two_stage' else 18)
     for key, value in ref_losses.items():
         assert our_losses[key].item() == pytest.approx(value.item(), abs=1e-4), key
+    # the same losses could still hide a detach or a wrong branch: compare gradients
+    ref.zero_grad(), ours.zero_grad()
+    sum(ref_losses.values()).backward()
+    sum(our_losses.values()).backward()
+    assert assert_gradients_match(ref, ours) > 250
