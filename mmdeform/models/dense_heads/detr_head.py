@@ -131,14 +131,18 @@ class DETRHead(BaseModule):
             gt_labels: the class targets (the two-stage encoder loss passes zeros).
         """
         batch_size, num_queries = cls_scores.shape[:2]
-        img_idx = torch.cat([torch.full_like(m.query_inds, i) for i, m in enumerate(matching)])
-        query_idx = torch.cat([m.query_inds for m in matching])
         device = cls_scores.device
-        img_idx, query_idx = img_idx.to(device), query_idx.to(device)
-        matched_labels = torch.cat([labels[m.gt_inds.to(device)]
-                                    for labels, m in zip(gt_labels, matching)])
-        matched_boxes = torch.cat([boxes[m.gt_inds.to(device)]
-                                   for boxes, m in zip(gt.boxes, matching)])
+        # the matching lives on the host: gather (image, query, target in the
+        # concatenated targets) there and move it to the device in one copy
+        first_target = 0
+        index = []
+        for i, (labels, m) in enumerate(zip(gt_labels, matching)):
+            index.append(torch.stack([torch.full_like(m.query_inds, i), m.query_inds,
+                                      m.gt_inds + first_target]))
+            first_target += len(labels)
+        img_idx, query_idx, target_idx = torch.cat(index, 1).to(device)
+        matched_labels = torch.cat(gt_labels)[target_idx]
+        matched_boxes = torch.cat(gt.boxes)[target_idx]
 
         labels = torch.full((batch_size, num_queries), self.num_classes, dtype=torch.long,
                             device=device)
