@@ -23,9 +23,10 @@ struct Args {
   namespace entry_##ISA {                                                                      \
   void forward(const Args<float>&, float*, int64_t, int64_t);                                  \
   void forward(const Args<double>&, double*, int64_t, int64_t);                                \
-  void backward(const Args<float>&, const float*, float*, float*, float*, int64_t, int64_t);   \
-  void backward(const Args<double>&, const double*, double*, double*, double*, int64_t,        \
+  void backward(const Args<float>&, const float*, float*, float*, float*, float*, int64_t,      \
                 int64_t);                                                                      \
+  void backward(const Args<double>&, const double*, double*, double*, double*, double*,        \
+                int64_t, int64_t);                                                             \
   }
 
 MMDEFORM_MSDA_DECLARE_ENTRY_POINTS(DEFAULT)

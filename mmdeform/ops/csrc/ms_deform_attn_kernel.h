@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <memory>
 #include <type_traits>
 
 #include "ms_deform_attn_args.h"
@@ -153,18 +152,19 @@ void forward_rows(const Args<T>& a, T* out, int64_t begin, int64_t end) {
 // is about twice as fast as working in place. Rows outside every level are zero.
 template <typename T, int NV>
 void backward_heads(const Args<T>& a, const T* grad_out, T* grad_value, T* grad_loc,
-                    T* grad_attn, int64_t begin, int64_t end) {
+                    T* grad_attn, T* scratch, int64_t begin, int64_t end) {
   using Vec = Vectorized<T>;
   constexpr int S = Vec::size();
   const int64_t M = a.M, D = a.D, L = a.L, K = a.K, Nq = a.Nq, Nv = a.Nv;
   const int64_t row_stride = M * D;
-  std::unique_ptr<T[]> value_head(new T[Nv * D]), grad_head(new T[Nv * D]);
+  T* value_head = scratch;  // the caller's 2 * Nv * D for this thread
+  T* grad_head = scratch + Nv * D;
   for (int64_t bm = begin; bm < end; ++bm) {
     const int64_t b = bm / M, m = bm % M;
     const int64_t first_row = b * Nv * row_stride + m * D;
     for (int64_t r = 0; r < Nv; ++r)
       std::copy_n(a.value + first_row + r * row_stride, D, &value_head[r * D]);
-    std::fill_n(grad_head.get(), Nv * D, T(0));
+    std::fill_n(grad_head, Nv * D, T(0));
     for (int64_t q = 0; q < Nq; ++q) {
       const int64_t head = (b * Nq + q) * M + m;
       const T* g = grad_out + head * D;
@@ -252,13 +252,13 @@ void forward_dispatch(const Args<T>& a, T* out, int64_t begin, int64_t end) {
 
 template <typename T>
 void backward_dispatch(const Args<T>& a, const T* grad_out, T* grad_value, T* grad_loc,
-                       T* grad_attn, int64_t begin, int64_t end) {
+                       T* grad_attn, T* scratch, int64_t begin, int64_t end) {
   switch (blocks_for<T>(a.D)) {
-    case 1: return backward_heads<T, 1>(a, grad_out, grad_value, grad_loc, grad_attn, begin, end);
-    case 2: return backward_heads<T, 2>(a, grad_out, grad_value, grad_loc, grad_attn, begin, end);
-    case 4: return backward_heads<T, 4>(a, grad_out, grad_value, grad_loc, grad_attn, begin, end);
-    case 8: return backward_heads<T, 8>(a, grad_out, grad_value, grad_loc, grad_attn, begin, end);
-    default: return backward_heads<T, 0>(a, grad_out, grad_value, grad_loc, grad_attn, begin, end);
+    case 1: return backward_heads<T, 1>(a, grad_out, grad_value, grad_loc, grad_attn, scratch, begin, end);
+    case 2: return backward_heads<T, 2>(a, grad_out, grad_value, grad_loc, grad_attn, scratch, begin, end);
+    case 4: return backward_heads<T, 4>(a, grad_out, grad_value, grad_loc, grad_attn, scratch, begin, end);
+    case 8: return backward_heads<T, 8>(a, grad_out, grad_value, grad_loc, grad_attn, scratch, begin, end);
+    default: return backward_heads<T, 0>(a, grad_out, grad_value, grad_loc, grad_attn, scratch, begin, end);
   }
 }
 
@@ -275,11 +275,11 @@ void backward_dispatch(const Args<T>& a, const T* grad_out, T* grad_value, T* gr
     mmdeform::msda::forward_dispatch<double>(a, out, b, e);                                    \
   }                                                                                            \
   void backward(const Args<float>& a, const float* g, float* gv, float* gl, float* ga,         \
-                int64_t b, int64_t e) {                                                        \
-    mmdeform::msda::backward_dispatch<float>(a, g, gv, gl, ga, b, e);                          \
+                float* scratch, int64_t b, int64_t e) {                                        \
+    mmdeform::msda::backward_dispatch<float>(a, g, gv, gl, ga, scratch, b, e);                 \
   }                                                                                            \
   void backward(const Args<double>& a, const double* g, double* gv, double* gl, double* ga,    \
-                int64_t b, int64_t e) {                                                        \
-    mmdeform::msda::backward_dispatch<double>(a, g, gv, gl, ga, b, e);                         \
+                double* scratch, int64_t b, int64_t e) {                                       \
+    mmdeform::msda::backward_dispatch<double>(a, g, gv, gl, ga, scratch, b, e);                \
   }                                                                                            \
   }
