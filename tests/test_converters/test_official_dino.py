@@ -93,3 +93,20 @@ def test_untied_heads_and_unknown_keys_are_errors(tmp_path):
     assert proc.returncode != 0
     assert 'transformer.something_new.weight' in proc.stdout + proc.stderr
     assert not (tmp_path / 'y.pth').exists()
+
+
+def test_download_tool_converts_a_hand_fetched_file(tmp_path):
+    """The official files sit in a Drive folder without per-file links: the index names
+    the file, the tool says so, and converts it from --src."""
+    proc = run_tool([PYTHON, 'tools/misc/download_checkpoint.py', 'dino_5scale_12e_official'],
+                    check=False)
+    assert proc.returncode != 0 and "'checkpoint0011_5scale.pth'" in proc.stderr
+    src = tmp_path / 'checkpoint0011_5scale.pth'
+    torch.save(dict(model=_random_official('dino_5scale')), src)
+    proc = run_tool([PYTHON, 'tools/misc/download_checkpoint.py', 'dino_5scale_12e_official',
+                     '--src', str(src), '--out-dir', str(tmp_path / 'out')])
+    assert 'tools/test.py configs/dino_5scale.py' in proc.stdout
+    cfg = Config.fromfile('configs/dino_5scale.py')
+    cfg.model.backbone.init_cfg = None
+    state = load_checkpoint_file(str(tmp_path / 'out' / 'dino_5scale_12e_official.pth'))
+    build_ours(cfg).load_state_dict(state['state_dict'], strict=True)
