@@ -42,12 +42,17 @@ def _dino_rules(num_decoder_layers: int) -> List[Tuple[str, Optional[str], str]]
     ]
 
 
+def _head_match(key: str):
+    """``(class_embed|bbox_embed).i.rest`` with or without ``transformer.decoder.``."""
+    return _HEAD.match(key[len('transformer.decoder.'):]
+                       if key.startswith('transformer.decoder.') else key)
+
+
 def _check_tied_heads(state_dict: StateDict) -> None:
     """Every copy of a shared decoder head must hold the same values."""
     first = {}
     for key, value in state_dict.items():
-        match = _HEAD.match(key[len('transformer.decoder.'):] if
-                            key.startswith('transformer.decoder.') else key)
+        match = _head_match(key)
         if not match:
             continue
         name = f'{match[1]}.{match[3]}'
@@ -89,6 +94,4 @@ def convert_official_dino(state_dict: StateDict,
 
 
 def _count_tied(state_dict: StateDict) -> int:
-    return sum(1 for k in state_dict
-               if _HEAD.match(k[len('transformer.decoder.'):] if k.startswith('transformer.decoder.')
-                              else k))
+    return sum(1 for k in state_dict if _head_match(k))

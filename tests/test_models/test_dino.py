@@ -52,7 +52,8 @@ def test_shared_heads_are_one_module_and_the_proposal_head_is_separate():
     model = _model()
     head = model.bbox_head
     assert len(head.cls_branches) == 4  # 3 decoder layers + the encoder proposals
-    assert head.cls_branches[0] is head.cls_branches[2] and head.reg_branches[1] is head.reg_branches[2]
+    assert head.cls_branches[0] is head.cls_branches[2]
+    assert head.reg_branches[1] is head.reg_branches[2]
     assert head.cls_branches[3] is not head.cls_branches[0]
     assert head.reg_branches[3] is not head.reg_branches[0]
 

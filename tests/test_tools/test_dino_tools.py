@@ -50,7 +50,8 @@ def test_sampling_points_and_gradient_norms_on_a_dino_checkpoint(trained, shapes
     assert len(dump['objects']) == 2
     for entry in dump['objects']:
         points = entry['points']
-        assert len(points) == 8 and len(points[0]) == 3 and len(points[0][0]) == 4  # heads, levels, points
+        # heads, levels, points per level
+        assert len(points) == 8 and len(points[0]) == 3 and len(points[0][0]) == 4
         assert os.path.getsize(entry['png']) > 0
     run_tool([PYTHON, 'tools/analysis_tools/gradient_norm_map.py', img, CONFIG, ckpt,
               '--topk', '2', '--out-dir', str(tmp_path / 'grad')])

@@ -152,5 +152,6 @@ class DINO(DeformableDETR):
         if self.training and self.dn_query_generator is not None:
             # a batch without boxes leaves the label embedding out of the graph, which
             # distributed training does not allow: add it with weight zero
-            hidden_states = hidden_states + 0.0 * self.dn_query_generator.label_embedding.weight[0, 0]
+            label_embedding = self.dn_query_generator.label_embedding.weight
+            hidden_states = hidden_states + 0.0 * label_embedding[0, 0]
         return HeadInputs(hidden_states=hidden_states, references=references)

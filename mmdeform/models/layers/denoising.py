@@ -23,7 +23,7 @@ class NoiseDraws(NamedTuple):
     """The random draws of one batch, for ``n = 2 * num_groups * num_targets`` copies
     ordered ``[group 0 positives, group 0 negatives, group 1 positives, ...]``,
     each block holding the batch's targets concatenated image after image."""
-    flip_prob: Tensor  # (n,) uniform [0, 1): a copy's label is replaced where < label_noise_scale / 2
+    flip_prob: Tensor  # (n,) uniform [0, 1): the label is redrawn where < label_noise_scale / 2
     random_labels: Tensor  # (k,) int64 in [0, num_classes): the new labels, k = flipped copies
     box_sign: Tensor  # (n, 4) float, +-1 per corner coordinate
     box_magnitude: Tensor  # (n, 4) uniform [0, 1); negatives add 1
@@ -69,7 +69,8 @@ class CdnQueryGenerator(nn.Module):
                              f'label embedding (num_label_embeddings={rows} rows); every class '
                              'needs a row')
         if num_dn_queries < 1:
-            raise ValueError(f'CdnQueryGenerator: num_dn_queries must be >= 1, got {num_dn_queries}')
+            raise ValueError(f'CdnQueryGenerator: num_dn_queries must be >= 1, '
+                             f'got {num_dn_queries}')
         self.max_dn_queries = 2 * num_dn_queries if max_dn_queries is None else max_dn_queries
         if self.max_dn_queries < 2:
             raise ValueError('CdnQueryGenerator: max_dn_queries must be >= 2 (one positive and '
