@@ -71,6 +71,8 @@ def test_query_selection_modes_train(query_selection):
     assert 'dn_loss_cls' in losses and 'd1.dn_loss_iou' in losses
     assert hasattr(model, 'anchor_embedding') == (query_selection == 'static')
     assert hasattr(model, 'query_embedding') == (query_selection != 'pure')
+    assert hasattr(model, 'pos_trans_fc') == (query_selection == 'pure')
+    assert hasattr(model.decoder, 'ref_point_head') == (query_selection != 'pure')
 
 
 def test_denoising_off_has_no_denoising_losses_or_embedding():
@@ -109,3 +111,36 @@ def test_build_errors_name_the_numbers():
     cfg.model.query_selection = 'anchors'
     with pytest.raises(ValueError, match="query_selection must be one of"):
         build_ours(cfg)
+
+
+def test_all_switches_off_is_refine_two_stage_deformable_detr():
+    """No denoising, no look-forward-twice, pure query selection (and Deformable DETR's
+    per-layer heads and inverse-sigmoid clamp): a refine + two-stage DeformableDETR
+    checkpoint loads strictly and gives the same outputs and losses."""
+    cfg = Config.fromfile('configs/shapes/deformable_detr_refine_two_stage_shapes.py')
+    torch.manual_seed(0)
+    ddetr = build_ours(cfg)
+    ddetr.init_weights()
+    with torch.no_grad():
+        for p in ddetr.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    cfg.merge_from_dict({
+        'model.type': 'DINO', 'model.dn_cfg': None, 'model.look_forward_twice': False,
+        'model.query_selection': 'pure', 'model.decoder.reference_eps': 1e-5,
+        'model.bbox_head.type': 'DINOHead', 'model.bbox_head.share_pred_layer': False,
+        'model.bbox_head.reference_eps': 1e-5})
+    dino = build_ours(cfg)
+    dino.load_state_dict(ddetr.state_dict(), strict=True)
+    inputs, samples = preprocess(ddetr, *make_batch(sizes=SIZES, boxes_per_image=[3, 1],
+                                                    num_classes=4), training=True)
+    ddetr.eval(), dino.eval()
+    with torch.no_grad():
+        ref, out = ddetr(inputs, samples, mode='tensor'), dino(inputs, samples, mode='tensor')
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    ddetr.train(), dino.train()
+    ref_losses = ddetr(inputs, samples, mode='loss')
+    our_losses = dino(inputs, samples, mode='loss')
+    assert set(ref_losses) == set(our_losses)
+    for key in ref_losses:
+        torch.testing.assert_close(our_losses[key], ref_losses[key], atol=1e-6, rtol=0)

@@ -32,9 +32,13 @@ class DINO(DeformableDETR):
         query_selection: where the decoder's anchors and content queries come from.
             ``'mixed'`` (DINO): the anchors are the top-``num_queries`` encoder
             proposals by their best class logit, the content is learned.
-            ``'pure'``: the content is the selected proposals' (detached)
-            memory too (Deformable DETR's two-stage idea). ``'static'``: learned
-            anchors and learned content, no encoder proposals.
+            ``'pure'``: Deformable DETR's two-stage queries: content and
+            position from ``pos_trans`` of the top proposals by their first
+            (objectness) logit, the same position query for every decoder
+            layer, class-agnostic proposals. ``'static'``: learned anchors and
+            learned content, no encoder proposals. With ``'pure'``, no
+            denoising and no look-forward-twice, the model is refinement +
+            two-stage :class:`DeformableDETR` (it loads its checkpoints).
         Others: see :class:`DeformableDETR`; ``with_box_refine`` must stay True
         and ``as_two_stage`` follows from ``query_selection``. The head's
         ``share_pred_layer`` chooses shared (official) or per-layer (mmdet)
@@ -57,6 +61,7 @@ class DINO(DeformableDETR):
         self.look_forward_twice = look_forward_twice
         self.dn_cfg = None if dn_cfg is None else dict(dn_cfg)
         super().__init__(*args, with_box_refine=True, as_two_stage=as_two_stage, **kwargs)
+        self.bbox_head.class_agnostic_proposals = query_selection == 'pure'
 
     def _configure_head(self, bbox_head: dict, num_layers: int) -> dict:
         if bbox_head.get('as_two_stage', self.as_two_stage) != self.as_two_stage:
@@ -67,13 +72,17 @@ class DINO(DeformableDETR):
         encoder.setdefault('num_levels', self.num_feature_levels)
         decoder.setdefault('num_levels', self.num_feature_levels)
         self.encoder = DeformableDetrEncoder(**encoder)
-        self.decoder = DinoDecoder(look_forward_twice=self.look_forward_twice, **decoder)
+        self.decoder = DinoDecoder(look_forward_twice=self.look_forward_twice,
+                                   anchor_queries=self.query_selection != 'pure', **decoder)
         c = self.encoder.embed_dims
         self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, c))
         if self.as_two_stage:
             self.memory_trans_fc = nn.Linear(c, c)
             self.memory_trans_norm = nn.LayerNorm(c)
-        if self.query_selection != 'pure':
+        if self.query_selection == 'pure':  # Deformable DETR's two-stage queries
+            self.pos_trans_fc = nn.Linear(2 * c, 2 * c)
+            self.pos_trans_norm = nn.LayerNorm(2 * c)
+        else:
             self.query_embedding = nn.Embedding(self.num_queries, c)  # content queries
         if self.query_selection == 'static':
             self.anchor_embedding = nn.Embedding(self.num_queries, 4)  # inverse-sigmoid boxes
@@ -111,6 +120,8 @@ class DINO(DeformableDETR):
             query = self.query_embedding.weight
             return DecoderInputs(query.expand(batch_size, -1, -1), None, memory,
                                  anchors.expand(batch_size, -1, -1)), {}
+        if self.query_selection == 'pure':
+            return super().pre_decoder(memory, enc)
         self._check_enough_cells(memory, enc)
         output_memory, output_proposals = self.encoder_proposals(memory, enc.feat_mask,
                                                                  enc.spatial_shapes)
@@ -124,10 +135,7 @@ class DINO(DeformableDETR):
             return torch.gather(x, 1, topk.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
         topk_coords_unact = gather(enc_outputs_coord_unact)
-        if self.query_selection == 'mixed':
-            query = self.query_embedding.weight.expand(batch_size, -1, -1)
-        else:
-            query = gather(output_memory).detach()
+        query = self.query_embedding.weight.expand(batch_size, -1, -1)
         dec = DecoderInputs(query, None, memory, topk_coords_unact.detach().sigmoid())
         # the proposal loss sees the selected proposals, with gradients
         return dec, dict(enc_outputs_class=gather(enc_outputs_class),
@@ -138,6 +146,11 @@ class DINO(DeformableDETR):
         """Put the denoising queries before the matching queries; the attention
         mask keeps the two parts (and the groups) apart."""
         dn = self.dn_query_generator(batch_data_samples)
+        if dec.query_pos is not None:  # 'pure': the positions of the noisy boxes, the same way
+            c = dec.query.shape[-1]
+            dn_pos = self.pos_trans_norm(self.pos_trans_fc(
+                self.proposal_position_embedding(dn.box_query, num_pos_feats=c // 2)))[..., :c]
+            dec = dataclasses.replace(dec, query_pos=torch.cat([dn_pos, dec.query_pos], 1))
         dec = dataclasses.replace(
             dec, query=torch.cat([dn.label_query, dec.query], 1),
             reference_points=torch.cat([dn.box_query.sigmoid(), dec.reference_points], 1),
