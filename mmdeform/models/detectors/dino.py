@@ -12,7 +12,7 @@ from ..layers.deformable_detr_layers import DeformableDetrEncoder
 from ..layers.denoising import CdnQueryGenerator
 from ..layers.dino_layers import DinoDecoder
 from ..layers.msdeform_attn import MSDeformAttn
-from ..structures import DecoderInputs, EncoderInputs, HeadInputs
+from ..structures import DecoderInputs, DenoisingMeta, EncoderInputs, HeadInputs
 from .base_detr import BaseDETR
 from .deformable_detr import DeformableDETR
 
@@ -141,8 +141,9 @@ class DINO(DeformableDETR):
         return dec, dict(enc_outputs_class=gather(enc_outputs_class),
                          enc_outputs_coord=topk_coords_unact.sigmoid())
 
-    def add_denoising_queries(self, dec: DecoderInputs,
-                              batch_data_samples: SampleList) -> Tuple[DecoderInputs, object]:
+    def add_denoising_queries(
+            self, dec: DecoderInputs,
+            batch_data_samples: SampleList) -> Tuple[DecoderInputs, DenoisingMeta]:
         """Put the denoising queries before the matching queries; the attention
         mask keeps the two parts (and the groups) apart."""
         dn = self.dn_query_generator(batch_data_samples)
