@@ -103,4 +103,8 @@ def test_training_losses_and_gradients_match(pair, boxes_per_image):
     ref.zero_grad(), ours.zero_grad()
     sum(ref_losses.values()).backward()
     sum(our_losses.values()).backward()
-    assert assert_gradients_match(ref, ours) > 300
+    # rtol 2e-2, not 5e-3: our sampling locations are one fused multiply-add, mmdet's a
+    # divide and an add; the rounding difference, through a ReLU near zero, moves two
+    # encoder-layer-3 FFN gradients by 1.4% of their max. A real error is far larger
+    # (look-forward-twice switched off: 50%).
+    assert assert_gradients_match(ref, ours, rtol=2e-2) > 300
