@@ -195,10 +195,14 @@ def describe_mismatch(filename: str, mismatch: Dict[str, list], checkpoint: dict
         if keys:
             lines.append(f'  {len(keys)} keys {label}: ' + ', '.join(keys[:8]) +
                          (' ...' if len(keys) > 8 else ''))
-    for key, theirs, ours in mismatch['shape'][:8]:
+    for key, theirs, ours in mismatch['shape'][:16]:
         lines.append(f'  shape of {key}: checkpoint {theirs}, model {ours}')
-    if len(mismatch['shape']) > 8:
-        lines.append(f'  ... {len(mismatch["shape"]) - 8} more shape mismatches')
+    if len(mismatch['shape']) > 16:
+        lines.append(f'  ... {len(mismatch["shape"]) - 16} more shape mismatches')
+    if mismatch['missing'] or mismatch['shape']:
+        # what a non-strict load (load_from) does with them, e.g. a new class count
+        lines.append('  The missing tensors and those of another shape are not loaded: they '
+                     'keep the model\'s initialisation.')
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     hint = None
     if isinstance(meta, dict):

@@ -2,11 +2,15 @@
 
     python tools/misc/download_checkpoint.py NAME [--out-dir checkpoints]
     python tools/misc/download_checkpoint.py --list
+    python tools/misc/download_checkpoint.py NAME --src FILE   # a file you fetched by hand
 
 NAME is a ``Name`` of configs/metafile.yml. The source file is downloaded once
 into the checkpoint cache (``$MMDEFORM_CHECKPOINTS``, else torch hub's), its
 sha256 prefix is verified when the file name carries one, and the converter
 the index names writes ``OUT_DIR/NAME.pth``, ready for the index's config.
+Some authors publish a Google Drive folder, not per-file links (official DINO):
+the index then names the ``File`` in the folder, which you download by hand
+and pass with ``--src``.
 """
 import argparse
 import os
@@ -36,18 +40,21 @@ def direct_url(url: str) -> str:
 
 def main(argv=None):
     from mmdeform.converters import (convert_mmdet, convert_official_deformable_detr,
-                                     convert_official_detr, run_converter)
+                                     convert_official_detr, convert_official_dino,
+                                     run_converter)
     from mmdeform.utils.download import download_checkpoint
     converters = {
         'tools/model_converters/official_detr.py': convert_official_detr,
         'tools/model_converters/official_deformable_detr.py': convert_official_deformable_detr,
         'tools/model_converters/mmdet_to_mmdeform.py': convert_mmdet,
+        'tools/model_converters/official_dino.py': convert_official_dino,
     }
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('name', nargs='?', help='model name in the index')
     parser.add_argument('--index', default=osp.join(ROOT, 'configs', 'metafile.yml'))
     parser.add_argument('--out-dir', default='checkpoints')
     parser.add_argument('--list', action='store_true', help='list the models and exit')
+    parser.add_argument('--src', help='convert this local file instead of downloading')
     args = parser.parse_args(argv)
     index = load_index(args.index)
     if args.list or not args.name:
@@ -58,7 +65,15 @@ def main(argv=None):
     if args.name not in index:
         raise SystemExit(f'{args.name!r} is not in {args.index}; known: {", ".join(index)}')
     model = index[args.name]
-    source = download_checkpoint(direct_url(model['Weights']))
+    if args.src:
+        source = args.src
+    elif '/drive/folders/' in model['Weights']:
+        raise SystemExit(
+            f'{args.name} is the file {model["Metadata"].get("File")!r} of the Google Drive folder '
+            f'{model["Weights"]}, which has no per-file link: download that file by hand and '
+            f'run: python tools/misc/download_checkpoint.py {args.name} --src FILE')
+    else:
+        source = download_checkpoint(direct_url(model['Weights']))
     convert = converters.get(model['Metadata']['Converter'])
     if convert is None:
         raise SystemExit(f'{args.index}: unknown converter {model["Metadata"]["Converter"]!r}')
