@@ -21,6 +21,7 @@ class ConversionReport:
     dropped: Dict[str, str] = field(default_factory=dict)  # source -> reason
     unmapped: List[str] = field(default_factory=list)
     added: Dict[str, str] = field(default_factory=dict)  # target -> why it was filled
+    notes: List[str] = field(default_factory=list)  # printed after the counts
 
     def summary(self) -> str:
         lines = [f'mapped {len(self.mapped)} tensors, dropped {len(self.dropped)}, '
@@ -34,6 +35,7 @@ class ConversionReport:
             whys[why] = whys.get(why, 0) + 1
         lines += [f'  filled {n}: {why}' for why, n in sorted(whys.items())]
         lines += [f'  unmapped: {key}' for key in self.unmapped]
+        lines += [f'note: {note}' for note in self.notes]
         return '\n'.join(lines)
 
 

@@ -1,4 +1,4 @@
-"""mmdet 3.x DETR and Deformable DETR checkpoints -> mmdeform.
+"""mmdet 3.x DETR, Deformable DETR and DINO checkpoints -> mmdeform.
 
 The transformer, neck, backbone and query keys are the same in both. The heads
 differ: mmdet's DETR ``fc_cls`` / ``reg_ffn`` + ``fc_reg`` are mmdeform's
@@ -6,7 +6,10 @@ differ: mmdet's DETR ``fc_cls`` / ``reg_ffn`` + ``fc_reg`` are mmdeform's
 are ``reg_branches.{i}.layers.{0,1,2}`` (3-layer MLPs, named as the official
 ``bbox_embed``). mmdet's Deformable-DETR input projections have no bias before
 their GroupNorm; the official ones do, and so do mmdeform's: the converter
-fills zero biases, which leaves the outputs unchanged.
+fills zero biases, which leaves the outputs unchanged. DINO's own tensors
+(``query_embedding``, ``decoder.ref_point_head``, ``decoder.norm``,
+``dn_query_generator.label_embedding``) keep their names; its per-layer
+branches load into ``configs/dino_4scale_layerwise_heads.py``.
 """
 import re
 from typing import Tuple
@@ -30,9 +33,11 @@ _NECK_CONV = re.compile(r'^neck\.(convs|extra_convs)\.(\d+)\.conv\.weight$')
 def detect_family(state_dict: StateDict) -> str:
     if 'bbox_head.fc_cls.weight' in state_dict:
         return 'detr'
+    if 'dn_query_generator.label_embedding.weight' in state_dict:
+        return 'dino'
     if 'bbox_head.cls_branches.0.weight' in state_dict:
         return 'deformable_detr'
-    raise KeyError('not an mmdet 3.x DETR or Deformable DETR checkpoint: neither '
+    raise KeyError('not an mmdet 3.x DETR, Deformable DETR or DINO checkpoint: neither '
                    'bbox_head.fc_cls.weight nor bbox_head.cls_branches.0.weight is there '
                    f'(bbox_head keys: {[k for k in state_dict if k.startswith("bbox_head")][:8]})')
 

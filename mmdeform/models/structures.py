@@ -29,6 +29,8 @@ class DecoderInputs:
     query_pos: Tensor  # (B, Q, C) positional queries
     memory: Tensor  # (B, N, C) encoder output
     reference_points: Optional[Tensor] = None  # (B, Q, 2 | 4) normalised, Deformable DETR only
+    # DINO training: (Q, Q) bool, True where a query may not attend (denoising groups)
+    attn_mask: Optional[Tensor] = None
 
 
 @dataclass
@@ -40,6 +42,22 @@ class HeadInputs:
     # two-stage: the encoder's proposal scores and boxes for the selected proposals
     enc_outputs_class: Optional[Tensor] = None  # (B, N, num_classes)
     enc_outputs_coord: Optional[Tensor] = None  # (B, N, 4) normalised cxcywh
+    # DINO training: how the first queries of every layer are the denoising ones
+    dn_meta: Optional['DenoisingMeta'] = None
+
+
+@dataclass
+class DenoisingMeta:
+    """DINO's denoising queries: the first ``num_queries`` of the decoder's queries.
+
+    They form ``num_groups`` groups of ``group_size = 2 * max_targets`` queries:
+    the positives (slots ``0 .. max_targets - 1``) then the negatives, image ``b``
+    using the first ``len(gt_indices[b])`` slots of each half.
+    """
+    num_queries: int
+    num_groups: int
+    max_targets: int
+    gt_indices: List[Tensor]  # per image, (G_b',) the targets denoised (all unless capped)
 
 
 class HeadOutputs(NamedTuple):

@@ -16,6 +16,10 @@ from mmdeform.utils import count_parameters
     ('configs/deformable_detr_refine_two_stage.py', 41_181_529),
     ('configs/deformable_detr_single_scale.py', 34_066_593),
     ('configs/deformable_detr_single_scale_dc5.py', 34_066_593),
+    # DINO: the official count ties the shared decoder heads (counted once) and has a
+    # label embedding of num_classes + 1 = 92 rows
+    ('configs/dino_4scale.py', 46_893_182),
+    ('configs/dino_5scale.py', 47_255_806),
 ])
 def test_parameter_count_excluding_backbone_norms(config, expected):
     cfg = Config.fromfile(config)
@@ -47,3 +51,13 @@ def test_dc5_first_block_of_the_dilated_stage_is_not_dilated():
     assert all(layer4[i].conv2.dilation == (2, 2) for i in range(1, len(layer4)))
     feats = model.backbone(torch.zeros(1, 3, 64, 96))
     assert feats[-1].shape[-2:] == (4, 6)
+
+
+def test_dino_layerwise_heads_count_is_mmdets_plus_the_neck_biases():
+    """mmdet 3.3.0's DINO at 91 classes: 47,671,897 without the backbone norms (its
+    label embedding has num_classes rows); we add the 4 x 256 input-projection biases."""
+    cfg = Config.fromfile('configs/dino_4scale_layerwise_heads.py')
+    cfg.model.backbone.init_cfg = None
+    cfg.model.bbox_head.num_classes = 91
+    cfg.model.dn_cfg.num_label_embeddings = 91
+    assert count_parameters(build_ours(cfg), exclude_backbone_norms=True) == 47_671_897 + 1024

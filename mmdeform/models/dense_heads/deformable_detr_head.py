@@ -27,6 +27,10 @@ class DeformableDETRHead(DETRHead):
         num_pred_layer: decoder layers.
         Others: see :class:`DETRHead`; ``loss_cls`` is a sigmoid focal loss.
     """
+    # the clamp of inverse_sigmoid on the references (the official 1e-5)
+    reference_eps = 1e-5
+    # two-stage proposals are trained as one objectness class (DINO: on every class)
+    class_agnostic_proposals = True
 
     def __init__(self, *args, share_pred_layer: bool = True, as_two_stage: bool = False,
                  num_pred_layer: int = 6,
@@ -82,7 +86,7 @@ class DeformableDETRHead(DETRHead):
         also the encoder's proposal logits and boxes ``(B, N, ...)``."""
         all_cls, all_boxes = [], []
         for layer, hidden in enumerate(inputs.hidden_states):
-            reference = inverse_sigmoid(inputs.references[layer])
+            reference = inverse_sigmoid(inputs.references[layer], self.reference_eps)
             delta = self.reg_branches[layer](hidden)
             if reference.shape[-1] == 4:
                 coords = delta + reference
@@ -102,11 +106,14 @@ class DeformableDETRHead(DETRHead):
 
     def encoder_losses(self, enc_cls: Tensor, enc_boxes: Tensor,
                        gt: GroundTruth) -> Dict[str, Tensor]:
-        """The two-stage proposal loss: every target is class 0 (objectness)."""
-        binary = [torch.zeros_like(labels) for labels in gt.labels]
-        matching = self.assigner.assign(enc_cls[None].detach(), enc_boxes[None].detach(), binary,
+        """The two-stage proposal loss: every target is class 0 (objectness), or
+        its own class without ``class_agnostic_proposals``."""
+        labels = gt.labels
+        if self.class_agnostic_proposals:
+            labels = [torch.zeros_like(x) for x in gt.labels]
+        matching = self.assigner.assign(enc_cls[None].detach(), enc_boxes[None].detach(), labels,
                                         gt.boxes)[0]
-        losses = self.set_loss(enc_cls, enc_boxes, matching, gt, binary)
+        losses = self.set_loss(enc_cls, enc_boxes, matching, gt, labels)
         return {f'enc_{name}': value for name, value in losses.items()}
 
     def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 from .base_detr import BaseDETR
 from .deformable_detr import DeformableDETR
 from .detr import DETR
+from .dino import DINO
 
-__all__ = ['BaseDETR', 'DETR', 'DeformableDETR']
+__all__ = ['BaseDETR', 'DETR', 'DeformableDETR', 'DINO']

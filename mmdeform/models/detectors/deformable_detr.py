@@ -45,20 +45,23 @@ class DeformableDETR(BaseDETR):
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
         self.num_feature_levels = num_feature_levels
-        bbox_head = kwargs.get('bbox_head')
-        if bbox_head is not None:
-            if bbox_head.get('share_pred_layer', not with_box_refine) == with_box_refine:
-                raise ValueError('bbox_head.share_pred_layer must be the opposite of '
-                                 'with_box_refine (refinement needs a box branch per layer)')
-            if bbox_head.get('as_two_stage', as_two_stage) != as_two_stage:
-                raise ValueError('bbox_head.as_two_stage must equal the detector\'s as_two_stage')
+        if kwargs.get('bbox_head') is not None:
             num_layers = (kwargs.get('decoder') or {}).get('num_layers', 6)
-            if bbox_head.get('num_pred_layer', num_layers) != num_layers:
-                raise ValueError(f'bbox_head.num_pred_layer ({bbox_head["num_pred_layer"]}) '
-                                 f'must equal decoder.num_layers ({num_layers})')
-            kwargs['bbox_head'] = dict(bbox_head, share_pred_layer=not with_box_refine,
-                                       as_two_stage=as_two_stage, num_pred_layer=num_layers)
+            kwargs['bbox_head'] = self._configure_head(dict(kwargs['bbox_head']), num_layers)
         super().__init__(*args, **kwargs)
+
+    def _configure_head(self, bbox_head: dict, num_layers: int) -> dict:
+        """Check the head's settings against the detector's and fill them in."""
+        if bbox_head.get('share_pred_layer', not self.with_box_refine) == self.with_box_refine:
+            raise ValueError('bbox_head.share_pred_layer must be the opposite of '
+                             'with_box_refine (refinement needs a box branch per layer)')
+        if bbox_head.get('as_two_stage', self.as_two_stage) != self.as_two_stage:
+            raise ValueError('bbox_head.as_two_stage must equal the detector\'s as_two_stage')
+        if bbox_head.get('num_pred_layer', num_layers) != num_layers:
+            raise ValueError(f'bbox_head.num_pred_layer ({bbox_head["num_pred_layer"]}) '
+                             f'must equal decoder.num_layers ({num_layers})')
+        return dict(bbox_head, share_pred_layer=not self.with_box_refine,
+                    as_two_stage=self.as_two_stage, num_pred_layer=num_layers)
 
     def _init_transformer(self, encoder: dict, decoder: dict) -> None:
         encoder.setdefault('num_levels', self.num_feature_levels)
@@ -129,12 +132,7 @@ class DeformableDETR(BaseDETR):
             reference_points = self.reference_points_fc(query_pos).sigmoid()
             return DecoderInputs(query, query_pos, memory, reference_points), {}
 
-        if memory.shape[1] < self.num_queries:
-            raise ValueError(
-                f'two-stage {type(self).__name__} selects num_queries={self.num_queries} '
-                f'proposals, but the image gives only {memory.shape[1]} feature cells over all '
-                f'levels (spatial_shapes {enc.spatial_shapes.tolist()}); use a larger image or '
-                'fewer queries')
+        self._check_enough_cells(memory, enc)
         output_memory, output_proposals = self.encoder_proposals(memory, enc.feat_mask,
                                                                  enc.spatial_shapes)
         proposal_layer = self.decoder.num_layers
@@ -160,6 +158,14 @@ class DeformableDETR(BaseDETR):
         return HeadInputs(hidden_states=hidden_states, references=references)
 
     # ------------------------------------------------------------- two-stage
+    def _check_enough_cells(self, memory: Tensor, enc: EncoderInputs) -> None:
+        if memory.shape[1] < self.num_queries:
+            raise ValueError(
+                f'two-stage {type(self).__name__} selects num_queries={self.num_queries} '
+                f'proposals, but the image gives only {memory.shape[1]} feature cells over all '
+                f'levels (spatial_shapes {enc.spatial_shapes.tolist()}); use a larger image or '
+                'fewer queries')
+
     def encoder_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
                           spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
         """One proposal per memory position: its cell centre with a size of

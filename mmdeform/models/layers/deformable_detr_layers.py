@@ -53,9 +53,11 @@ class DeformableDetrDecoderLayer(nn.Module):
 
     def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor,
                 reference_points: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                memory_mask: Optional[Tensor]) -> Tensor:
-        """``reference_points``: ``(B, Q, L, 2 | 4)``, already scaled by the valid ratios."""
-        query = self.norms[0](self.self_attn(query, query_pos=query_pos))
+                memory_mask: Optional[Tensor], self_attn_mask: Optional[Tensor] = None) -> Tensor:
+        """``reference_points``: ``(B, Q, L, 2 | 4)``, already scaled by the valid ratios;
+        ``self_attn_mask``: ``(Q, Q)`` bool, True where a query may not attend (DINO's
+        denoising groups)."""
+        query = self.norms[0](self.self_attn(query, query_pos=query_pos, attn_mask=self_attn_mask))
         attended = self.cross_attn(query + query_pos, memory, reference_points, spatial_shapes,
                                    level_start_index, memory_mask)
         query = self.norms[1](query + self.dropout(attended))
