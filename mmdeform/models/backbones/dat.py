@@ -110,7 +110,7 @@ class DAT(BaseModule):
 
     Args:
         arch: one of :data:`ARCH_SETTINGS` (``dat_tiny|small|base``, ``dat_pp_tiny|small|base``)
-            or a dict with its keys (``version, dims, depths, heads, groups, specs, strides``).
+            or a dict with its keys (``version, dims, heads, groups, specs, strides``).
         out_indices: stages whose output is returned, each through ``norms[i]``.
         frozen_stages: -1 freezes nothing; 0 the stem; k > 0 the stem and stages
             0..k-1 with their input projections (``down_projs[k-2]``) and output norms.
@@ -132,7 +132,7 @@ class DAT(BaseModule):
             if arch not in ARCH_SETTINGS:
                 raise KeyError(f'DAT: unknown arch {arch!r}; expected one of {sorted(ARCH_SETTINGS)}')
             arch = ARCH_SETTINGS[arch]
-        missing = {'version', 'dims', 'depths', 'heads', 'groups', 'specs', 'strides'} - set(arch)
+        missing = {'version', 'dims', 'heads', 'groups', 'specs', 'strides'} - set(arch)
         if missing:
             raise KeyError(f'DAT: arch dict lacks {sorted(missing)}')
         if not set(out_indices) <= {0, 1, 2, 3}:

@@ -178,16 +178,16 @@ class NeighborhoodAttention(nn.Module):
         trunc_normal_(self.rpb, std=0.02, mean=0., a=-2., b=2.)
         self.proj = nn.Linear(dim, dim)
 
-    def _windows(self, t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """(B*heads, hc, H, W) -> (B*heads, hc, k*k, H, W): each query's k x k keys.
+    def _shifted(self, t: Tensor, a: int, b: int) -> Tensor:
+        """(N, hc, H, W) -> (N, hc, H, W): for every query, its key at window slot (a, b).
 
-        ``unfold`` gives the windows at every valid start; query row i (column
-        j) takes the start ``rows[i]`` (``cols[j]``)."""
-        N, hc, H, W = t.shape
+        The window of query row i starts at ``clamp(i - k//2, 0, H - k)``
+        (:func:`neighbourhood_starts`), so slot a of rows k//2 .. H-1-k//2 is the
+        slice ``a .. a + H - k``, and the rows nearer a border repeat the first or
+        last of it: a replicate pad by k//2."""
         k = self.kernel
-        win = F.unfold(t, k).view(N, hc * k * k, H - k + 1, W - k + 1)
-        win = win.index_select(2, rows).index_select(3, cols)
-        return win.view(N, hc, k * k, H, W)
+        H, W = t.shape[2:]
+        return F.pad(t[:, :, a:a + H - k + 1, b:b + W - k + 1], (k // 2, ) * 4, mode='replicate')
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H0, W0 = x.shape
@@ -197,6 +197,7 @@ class NeighborhoodAttention(nn.Module):
         H, W = x.shape[1:3]
         qkv = self.qkv(x).view(B, H, W, 3, nh, C // nh).permute(3, 0, 4, 5, 1, 2)
         q, key, v = (t.reshape(B * nh, C // nh, H, W) for t in qkv)
+        q = q * self.scale
         rows = neighbourhood_starts(H, k, x.device)  # (H,) first key row of each query row
         cols = neighbourhood_starts(W, k, x.device)
         # bias of window slot (a, b) for query (i, j): rpb[k-1 + rows[i]+a-i, k-1 + cols[j]+b-j]
@@ -204,10 +205,12 @@ class NeighborhoodAttention(nn.Module):
         rel_y = (rows - torch.arange(H, device=x.device) + k - 1)[None] + ar[:, None]  # k, H
         rel_x = (cols - torch.arange(W, device=x.device) + k - 1)[None] + ar[:, None]  # k, W
         bias = self.rpb[:, rel_y[:, None, :, None], rel_x[None, :, None, :]]  # heads, k, k, H, W
-        logits = ((q * self.scale)[:, :, None] * self._windows(key, rows, cols)).sum(1)
-        logits = logits.view(B, nh, k * k, H, W) + bias.flatten(1, 2)
-        attn = logits.softmax(2).view(B * nh, 1, k * k, H, W)
-        out = (attn * self._windows(v, rows, cols)).sum(2)  # B*heads, hc, H, W
+        # one window slot at a time: memory of one key map, not k*k of them
+        logits = torch.stack([(q * self._shifted(key, a, b)).sum(1) for a in range(k)
+                              for b in range(k)], 1)  # B*heads, k*k, H, W
+        attn = (logits.view(B, nh, k * k, H, W) + bias.flatten(1, 2)).softmax(2)
+        attn = attn.view(B * nh, k * k, 1, H, W)
+        out = sum(attn[:, a * k + b] * self._shifted(v, a, b) for a in range(k) for b in range(k))
         out = out.view(B, C, H, W)[:, :, :H0, :W0].permute(0, 2, 3, 1)
         return self.proj(out).permute(0, 3, 1, 2)
 
