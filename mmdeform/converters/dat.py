@@ -39,7 +39,8 @@ BACKBONE_KEY_PATTERNS = [re.compile(p) for p in (
     rf'norms\.\d\.norm\.{_W}',
 )]
 DROPS = [
-    (re.compile(r'cls_(norm|head)\..+'), 'ImageNet classifier (cls_norm, cls_head): not part of a backbone'),
+    (re.compile(r'cls_(norm|head)\..+'),
+     'ImageNet classifier (cls_norm, cls_head): not part of a backbone'),
     (re.compile(r'stages\.\d\.attns\.\d+\.(relative_position_index|attn_mask)'),
      'buffer that mmdeform recomputes for the input size'),
 ]
@@ -108,7 +109,8 @@ def load_dat_pretrained(model: nn.Module, filename: str, logger='current') -> Co
     state = _unwrap(checkpoint, filename)
     if any(k.startswith('backbone.') for k in state):
         state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    state, report, _ = convert_official_dat(state, checkpoint if isinstance(checkpoint, dict) else {})
+    state, report, _ = convert_official_dat(state,
+                                            checkpoint if isinstance(checkpoint, dict) else {})
     if report.unmapped:
         raise CheckpointMismatchError(f'{filename}: {len(report.unmapped)} keys are not part of a '
                                       f'DAT backbone: {report.unmapped[:10]}')

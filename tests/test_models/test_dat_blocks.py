@@ -103,7 +103,8 @@ def _window_reference(attn, x):
             return 0
         return 0 if r < n - w else (1 if r < n - s else 2)
 
-    qkv = torch.einsum('oc,chw->ohw', attn.proj_qkv.weight, x[0]) + attn.proj_qkv.bias[:, None, None]
+    qkv = (torch.einsum('oc,chw->ohw', attn.proj_qkv.weight, x[0])
+           + attn.proj_qkv.bias[:, None, None])
     q, k, v = qkv.split(C)
     table = attn.relative_position_bias_table
     out = torch.zeros(C, H, W, dtype=x.dtype)
@@ -120,8 +121,10 @@ def _window_reference(attn, x):
                     (q[sl, qy, qx] * hc**-0.5) @ k[sl, ky, kx] + table[
                         (ry % w - rolled(ky, Hp) % w + w - 1) * (2 * w - 1)
                         + (rx % w - rolled(kx, Wp) % w + w - 1), h] for ky, kx in keys])
-                out[sl, qy, qx] = logits.softmax(0) @ torch.stack([v[sl, ky, kx] for ky, kx in keys])
-    return torch.einsum('oc,chw->ohw', attn.proj_out.weight, out) + attn.proj_out.bias[:, None, None]
+                values = torch.stack([v[sl, ky, kx] for ky, kx in keys])
+                out[sl, qy, qx] = logits.softmax(0) @ values
+    return (torch.einsum('oc,chw->ohw', attn.proj_out.weight, out)
+            + attn.proj_out.bias[:, None, None])
 
 
 @pytest.mark.parametrize('shift', [0, 4])
@@ -163,5 +166,6 @@ def test_neighborhood_attention_matches_brute_force(size):
                                           for ky, kx in keys])
                     expected[sl, qy, qx] = logits.softmax(0) @ torch.stack(
                         [v[sl, ky, kx] for ky, kx in keys])
-        expected = torch.einsum('oc,chw->ohw', attn.proj.weight, expected) + attn.proj.bias[:, None, None]
+        expected = (torch.einsum('oc,chw->ohw', attn.proj.weight, expected)
+                    + attn.proj.bias[:, None, None])
         torch.testing.assert_close(attn(x)[0], expected, rtol=1e-9, atol=1e-9)

@@ -1,4 +1,6 @@
-"""DAT's deformable keys over the image (``visualize_sampling_points.py --dat-stage S --dat-block D``).
+"""DAT's deformable keys over the image.
+
+    visualize_sampling_points.py IMG CONFIG CKPT --dat-stage S --dat-block D
 
 One panel per offset group, as in the DAT paper's figures: the reference grid
 (grey rings) and the keys the offset network moved them to (coloured dots,
@@ -69,8 +71,8 @@ def draw(image, pos: np.ndarray, ref: np.ndarray, title: str, out: str) -> None:
     groups = pos.shape[0]
     cols = min(groups, 4)
     rows = (groups + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows * image.shape[0] / image.shape[1]),
-                             squeeze=False)
+    height = 4 * rows * image.shape[0] / image.shape[1]
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, height), squeeze=False)
     colors = plt.get_cmap('tab10')
     for g in range(rows * cols):
         ax = axes[g // cols][g % cols]

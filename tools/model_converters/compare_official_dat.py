@@ -149,7 +149,8 @@ def main(argv=None):
     for size in args.size or [(224, 224)]:
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
         x = x.to(next(ours.parameters()).dtype)
-        for i, (a, b) in enumerate(zip(stage_outputs(official, x, True), stage_outputs(ours, x, False))):
+        pairs = zip(stage_outputs(official, x, True), stage_outputs(ours, x, False))
+        for i, (a, b) in enumerate(pairs):
             diff = (a - b).abs().max().item()
             worst = max(worst, diff)
             print(f'{args.arch} {size[0]}x{size[1]} stage {i}: {tuple(b.shape)} '

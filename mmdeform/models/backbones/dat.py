@@ -130,7 +130,8 @@ class DAT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
             if arch not in ARCH_SETTINGS:
-                raise KeyError(f'DAT: unknown arch {arch!r}; expected one of {sorted(ARCH_SETTINGS)}')
+                raise KeyError(f'DAT: unknown arch {arch!r}; expected one of '
+                               f'{sorted(ARCH_SETTINGS)}')
             arch = ARCH_SETTINGS[arch]
         missing = {'version', 'dims', 'heads', 'groups', 'specs', 'strides'} - set(arch)
         if missing:

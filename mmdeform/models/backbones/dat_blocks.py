@@ -11,7 +11,7 @@ Normalised coordinates are ``(y, x)`` in [-1, 1] with ``align_corners=True``
 semantics: -1 and +1 are the centres of the first and last pixels.
 """
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -81,14 +81,16 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window: int = 7, shift: int = 0) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'WindowAttention: dim {dim} is not a multiple of num_heads {num_heads}')
+            raise ValueError(f'WindowAttention: dim {dim} is not a multiple of '
+                             f'num_heads {num_heads}')
         if not 0 <= shift < window:
             raise ValueError(f'WindowAttention: shift {shift} must be in [0, window={window})')
         self.num_heads, self.window, self.shift = num_heads, window, shift
         self.scale = (dim // num_heads)**-0.5
         self.proj_qkv = nn.Linear(dim, 3 * dim)
         self.proj_out = nn.Linear(dim, dim)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1)**2, num_heads))
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1)**2, num_heads))
         trunc_normal_(self.relative_position_bias_table, std=0.01)
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window),
                                             indexing='ij')).flatten(1)  # 2, w*w
@@ -138,7 +140,8 @@ class WindowAttention(nn.Module):
         attn = attn + bias.view(w * w, w * w, -1).permute(2, 0, 1)
         if s or Hp != H or Wp != W:
             mask = self._mask(H, W, Hp, Wp, x.device)  # nW, w*w, w*w
-            attn = (attn.view(B, -1, self.num_heads, w * w, w * w) + mask[None, :, None]).flatten(0, 1)
+            attn = attn.view(B, -1, self.num_heads, w * w, w * w) + mask[None, :, None]
+            attn = attn.flatten(0, 1)
         out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, w * w, C)
         out = self.proj_out(out)
         out = out.view(B, Hp // w, Wp // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
