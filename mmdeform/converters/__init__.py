@@ -1,12 +1,13 @@
 from .coco import COCO_CATEGORY_IDS
 from .common import (ConversionReport, UnmappedKeysError, read_state_dict, run_converter,
                      save_checkpoint_atomic)
+from .dat import convert_official_dat
 from .mmdet import convert_mmdet
 from .official import (convert_official_deformable_detr, convert_official_detr,
                        select_class_rows)
 from .official_dino import convert_official_dino
 
 __all__ = ['COCO_CATEGORY_IDS', 'ConversionReport', 'UnmappedKeysError', 'read_state_dict',
-           'run_converter', 'save_checkpoint_atomic', 'convert_mmdet',
+           'run_converter', 'save_checkpoint_atomic', 'convert_mmdet', 'convert_official_dat',
            'convert_official_deformable_detr', 'convert_official_detr', 'convert_official_dino',
            'select_class_rows']

@@ -56,7 +56,11 @@ class OpaqueObject:
         self.args, self.kwargs, self.state, self.items = args, kwargs, None, []
 
     def __new__(cls, *args, **kwargs):
-        return super().__new__(cls)
+        # pickle builds dict/list subclasses (yacs' CfgNode in the official DAT
+        # files) with __new__ alone, then calls __setitem__ / append
+        obj = super().__new__(cls)
+        obj.args, obj.kwargs, obj.state, obj.items = args, kwargs, None, []
+        return obj
 
     def __setstate__(self, state) -> None:
         self.state = state

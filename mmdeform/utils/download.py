@@ -47,6 +47,18 @@ def _download(url: str, path: str, progress: bool) -> None:
         raise
 
 
+def cache_name(url: str) -> str:
+    """The file name of ``url`` in the cache: its last path segment; a share link
+    ending in ``/`` (``https://cloud.tsinghua.edu.cn/f/<id>/?dl=1``) gives ``<id>.pth``."""
+    path = urlparse(url).path
+    name = osp.basename(path)
+    if not name and path.rstrip('/'):
+        name = osp.basename(path.rstrip('/')) + '.pth'
+    if not name:
+        raise ValueError(f'{url!r} names no file')
+    return name
+
+
 def download_checkpoint(url: str, cache_dir: Optional[str] = None,
                         progress: Optional[bool] = None) -> str:
     """Return the local path of ``url``'s file, downloading it on first use.
@@ -56,9 +68,7 @@ def download_checkpoint(url: str, cache_dir: Optional[str] = None,
     others wait.
     """
     cache_dir = cache_dir or checkpoint_cache_dir()
-    name = osp.basename(urlparse(url).path)
-    if not name:
-        raise ValueError(f'{url!r} names no file')
+    name = cache_name(url)
     path = osp.join(cache_dir, name)
     progress = os.isatty(2) if progress is None else progress
     rank, world_size = get_dist_info()

@@ -58,3 +58,20 @@ def test_trusted_context_unpickles_in_full(tmp_path):
     # outside the context the default is untrusted again
     assert isinstance(load_checkpoint_file(str(path))['message_hub']['log_scalars']['train/loss'],
                       OpaqueObject)
+
+
+class _DictConfig(dict):
+    """Like yacs' CfgNode (in the official DAT checkpoints): a dict subclass with attributes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__['immutable'] = True
+
+
+def test_untrusted_load_replaces_dict_subclasses(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'model': {'w': torch.ones(2)}, 'config': _DictConfig(MODEL={'TYPE': 'dat'})}, path)
+    ckpt = load_checkpoint_file(str(path))
+    assert torch.equal(ckpt['model']['w'], torch.ones(2))
+    assert isinstance(ckpt['config'], OpaqueObject)
+    assert ckpt['config'].items == [('MODEL', {'TYPE': 'dat'})]

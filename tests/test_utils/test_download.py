@@ -166,3 +166,12 @@ def test_download_tool_uses_the_index(server, tmp_path):
     cfg.model.backbone.init_cfg = None
     state = load_checkpoint_file(str(tmp_path / 'out' / 'detr_r50_official.pth'))['state_dict']
     build_ours(cfg).load_state_dict(state, strict=True)
+
+
+def test_cache_names_of_file_urls_and_share_links():
+    from mmdeform.utils.download import cache_name
+    assert cache_name('https://x.org/a/detr-r50-e632da11.pth') == 'detr-r50-e632da11.pth'
+    assert cache_name('https://cloud.tsinghua.edu.cn/f/14c5ddae10b642e68089/?dl=1') == \
+        '14c5ddae10b642e68089.pth'
+    with pytest.raises(ValueError, match='names no file'):
+        cache_name('https://x.org/')

@@ -52,6 +52,9 @@ PAPER_GFLOPS = {
     'deformable_detr_single_scale.py': (78, 'Deformable DETR, single scale'),
     'deformable_detr_single_scale_dc5.py': (128, 'Deformable DETR, single scale DC5'),
 }
+# DAT (Xia et al. 2022, Table 1) and DAT++ (Xia et al. 2023, Table 2): ImageNet GMACs at 224^2
+PAPER_DAT_GMACS = {'dat_tiny': 4.6, 'dat_small': 9.0, 'dat_base': 15.8,
+                   'dat_pp_tiny': 4.3, 'dat_pp_small': 9.4, 'dat_pp_base': 16.6}
 # multiply-adds per channel and sampling point: 4 bilinear taps + 1 attention weight
 MSDA_MACS_PER_POINT = 5
 MIN_SIDE = 32  # the backbone's output stride: below it C5 is empty
@@ -66,6 +69,8 @@ def parse_args(argv=None):
     from mmengine.config import DictAction
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.num_queries=100')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='count the backbone alone on a (1, 3, H, W) image')
     args = parser.parse_args(argv)
     if not osp.isfile(args.config):
         parser.error(f'config file {args.config!r} does not exist')
@@ -97,6 +102,31 @@ def msda_sampling_flops(module, batch: int, num_queries: int) -> int:
     ``B * Nq * M * L * K * (C / M) * 5`` (bilinear taps and weighting)."""
     return (batch * num_queries * module.num_heads * module.num_levels * module.num_points *
             (module.embed_dims // module.num_heads) * MSDA_MACS_PER_POINT)
+
+
+def dat_analytic_flops(module, x, out) -> int:
+    """Multiply-adds of one DAT attention block that the tracer does not see (see above)."""
+    from mmdeform.models.backbones.dat_blocks import DeformableAttention, NeighborhoodAttention
+    B, C, H, W = x.shape
+    if isinstance(module, NeighborhoodAttention):
+        k = module.kernel
+        return 2 * B * max(H, k) * max(W, k) * C * k * k
+    if isinstance(module, DeformableAttention):
+        s = module.conv_offset[0].stride[0]
+        num_keys = -(-H // s) * -(-W // s)
+        return B * num_keys * C * 4 + B * module.num_heads * H * W * num_keys * 4
+    return 0
+
+
+class BackboneForward(nn.Module):
+    """``backbone(inputs)`` for ``--backbone-only``."""
+
+    def __init__(self, detector: nn.Module, samples=None) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, inputs):
+        return tuple(self.detector.backbone(inputs))
 
 
 class TensorForward(nn.Module):
@@ -131,11 +161,12 @@ def one_image(shape: Tuple[int, int]):
     return torch.zeros(1, 3, h, w), [sample]
 
 
-def analyze(model: nn.Module, shape: Tuple[int, int]) -> dict:
+def analyze(model: nn.Module, shape: Tuple[int, int], backbone_only: bool = False) -> dict:
     """Count everything; returns the totals, the per-child breakdown and the ops
     the tracer saw but did not count."""
     from mmengine.analysis import FlopAnalyzer
 
+    from mmdeform.models.backbones.dat_blocks import DeformableAttention, NeighborhoodAttention
     from mmdeform.models.layers.msdeform_attn import MSDeformAttn
     inputs, samples = one_image(shape)
     msda_calls: List[Tuple[str, int]] = []
@@ -147,7 +178,12 @@ def analyze(model: nn.Module, shape: Tuple[int, int]) -> dict:
                 msda_calls.append((name, msda_sampling_flops(mod, query.shape[0],
                                                              query.shape[1])))
             handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
-    analyzer = FlopAnalyzer(TensorForward(model, samples), (inputs, ))
+        if isinstance(module, (DeformableAttention, NeighborhoodAttention)):
+            def record_dat(mod, args, output, name=name):
+                msda_calls.append((name, dat_analytic_flops(mod, args[0], output)))
+            handles.append(module.register_forward_hook(record_dat))
+    wrapper = BackboneForward if backbone_only else TensorForward
+    analyzer = FlopAnalyzer(wrapper(model, samples), (inputs, ))
     analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit,
                            'aten::grid_sampler', None)  # counted analytically instead
     analyzer.unsupported_ops_warnings(False)
@@ -165,7 +201,8 @@ def analyze(model: nn.Module, shape: Tuple[int, int]) -> dict:
     msda_total = sum(f for _, f in msda_calls)
     rows: Dict[str, int] = {}
     for child, _ in model.named_children():
-        rows[child] = by_module.get(child, 0)
+        if not backbone_only or child == 'backbone':
+            rows[child] = by_module.get(child, 0)
     for name, flops in msda_calls:
         rows[name.split('.')[0]] += flops
     rows['(detector itself)'] = traced + msda_total - sum(rows.values())
@@ -193,8 +230,8 @@ def report(args, result: dict, params: Tuple[int, int]) -> None:
           f'({params[1] / 1e6:.2f} M)')
     print(f'FLOPs, regular layers (mmengine jit counter): {result["traced"]:,} '
           f'({g(result["traced"])})')
-    print(f'FLOPs, MSDeformAttn sampling (analytic, {result["msda_calls"]} calls x '
-          f'Nq*C*L*K*{MSDA_MACS_PER_POINT}): {result["msda"]:,} ({g(result["msda"])})')
+    print(f'FLOPs, deformable sampling and DAT attention (analytic, {result["msda_calls"]} '
+          f'calls): {result["msda"]:,} ({g(result["msda"])})')
     print(f'FLOPs, total: {result["total"]:,} ({g(result["total"])})')
     print('Per module:')
     for name, flops in result['rows'].items():
@@ -208,6 +245,11 @@ def report(args, result: dict, params: Tuple[int, int]) -> None:
             print('WARNING: prim::PythonOp are custom autograd functions (e.g. mmcv\'s '
                   'modulated deformable convolution): their FLOPs are missing, the total '
                   'is a lower bound.')
+    arch = getattr(args, 'dat_arch', None)
+    if arch in PAPER_DAT_GMACS and args.backbone_only:
+        print(f'Paper (ImageNet, {arch} at 224 x 224): {PAPER_DAT_GMACS[arch]} GMACs; this '
+              f'backbone at {h} x {w}: {result["total"] / 1e9:.2f} GMACs')
+        return
     paper = PAPER_GFLOPS.get(osp.basename(args.config))
     if paper is None:
         print(f'Paper: no published figure mapped to {osp.basename(args.config)!r} '
@@ -233,7 +275,9 @@ def main(argv=None):
         raise KeyError(f'{args.config}: no model.backbone in the config')
     model = build_model(cfg)
     params = count_params(model)
-    result = analyze(model, args.shape)
+    arch = cfg.model.backbone.get('arch')
+    args.dat_arch = arch if cfg.model.backbone.type == 'DAT' and isinstance(arch, str) else None
+    result = analyze(model, args.shape, args.backbone_only)
     report(args, result, params)
     return result
 

@@ -13,6 +13,10 @@ locations, across all levels, of the query at that image pixel.
 The positions drawn are the model's own ``sampling_locations`` (recorded by
 ``MSDeformAttn``), mapped from normalised coordinates of the padded feature
 maps to pixels of the original image; ``sampling_points.json`` lists them.
+
+With a DAT backbone, ``--dat-stage S --dat-block D`` draws instead the keys of
+that deformable backbone block: its reference grid and the deformed points,
+one panel per offset group (see ``dat_sampling_points.py``).
 """
 import argparse
 import json
@@ -42,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument('--enc-layer', type=int, default=-1, help='encoder layer for --pixel')
     p.add_argument('--enc-level', type=int, default=0,
                    help='feature level whose query at --pixel is drawn (0 = finest)')
+    p.add_argument('--dat-stage', type=int, help='DAT backbone: draw the keys of this stage')
+    p.add_argument('--dat-block', type=int, default=1,
+                   help='with --dat-stage: the deformable block in that stage')
     p.add_argument('--out-dir', default='outputs/sampling_points')
     p.add_argument('--device', default='cpu')
     return p.parse_args(argv)
@@ -201,6 +208,10 @@ def main(argv=None) -> Dict[str, List]:
     args = parse_args(argv)
     model = load_model(args.config, args.checkpoint, args.device)
     inputs, samples = prepare(model, args.img)
+    if args.dat_stage is not None:
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        import dat_sampling_points
+        return dat_sampling_points.main(args, model, inputs, samples)
     sample = samples[0]
     outputs, references, (dec_loc, dec_w), (enc_loc, enc_w) = record_sampling(
         model, inputs, samples, args.layer, args.enc_layer)

@@ -39,15 +39,16 @@ def direct_url(url: str) -> str:
 
 
 def main(argv=None):
-    from mmdeform.converters import (convert_mmdet, convert_official_deformable_detr,
-                                     convert_official_detr, convert_official_dino,
-                                     run_converter)
+    from mmdeform.converters import (convert_mmdet, convert_official_dat,
+                                     convert_official_deformable_detr, convert_official_detr,
+                                     convert_official_dino, run_converter)
     from mmdeform.utils.download import download_checkpoint
     converters = {
         'tools/model_converters/official_detr.py': convert_official_detr,
         'tools/model_converters/official_deformable_detr.py': convert_official_deformable_detr,
         'tools/model_converters/mmdet_to_mmdeform.py': convert_mmdet,
         'tools/model_converters/official_dino.py': convert_official_dino,
+        'tools/model_converters/official_dat.py': convert_official_dat,
     }
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('name', nargs='?', help='model name in the index')
@@ -59,8 +60,9 @@ def main(argv=None):
     index = load_index(args.index)
     if args.list or not args.name:
         for name, model in index.items():
-            ap = model['Results'][0]['Metrics']['box AP']
-            print(f'{name:45s} {ap:5.1f} AP  {model["Config"]}')
+            metric, value = next(iter(model['Results'][0]['Metrics'].items()))
+            unit = 'AP' if metric == 'box AP' else 'top-1'
+            print(f'{name:45s} {value:5.1f} {unit:5s} {model["Config"]}')
         return None
     if args.name not in index:
         raise SystemExit(f'{args.name!r} is not in {args.index}; known: {", ".join(index)}')
@@ -80,7 +82,11 @@ def main(argv=None):
     dst = osp.join(args.out_dir, f'{args.name}.pth')
     os.makedirs(args.out_dir, exist_ok=True)
     run_converter(convert, source, dst)
-    print(f'Evaluate with: python tools/test.py {model["Config"]} {dst}')
+    if model['Results'][0]['Task'] == 'Image Classification':
+        print(f'A backbone checkpoint: set model.backbone.init_cfg=dict(type=\'Pretrained\', '
+              f'checkpoint=\'{dst}\') (as {model["Config"]} does with the URL)')
+    else:
+        print(f'Evaluate with: python tools/test.py {model["Config"]} {dst}')
     return dst
 
 

@@ -1,3 +1,4 @@
+from .dat import DAT
 from .dilated_resnet import DilatedResNet
 
-__all__ = ['DilatedResNet']
+__all__ = ['DAT', 'DilatedResNet']
