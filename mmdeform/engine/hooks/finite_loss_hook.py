@@ -7,6 +7,7 @@ import torch.distributed as torch_dist
 from mmengine.device import get_device
 from mmengine.dist import get_rank, get_world_size
 from mmengine.hooks import Hook
+from mmengine.runner import EpochBasedTrainLoop
 
 from mmdeform.registry import HOOKS
 from mmdeform.utils.errors import ReportedError
@@ -47,7 +48,7 @@ class FiniteLossHook(Hook):
 
     def describe(self, runner, terms: Optional[List[str]] = None) -> str:
         where = f'iteration {runner.iter + 1}'
-        if runner.train_loop is not None and hasattr(runner.train_loop, 'max_epochs'):
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
             where += f' (epoch {runner.epoch + 1})'
         what = f'loss terms {", ".join(terms)}' if terms else 'the predictions'
         images = ', '.join(self.paths) if self.paths else 'unknown'
@@ -57,7 +58,9 @@ class FiniteLossHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         terms = [f'{k}={float(v):g}' for k, v in (outputs or {}).items()
-                 if k.startswith('loss') and not math.isfinite(float(v))]
+                 if 'loss' in k and not math.isfinite(float(v))]
+        if len(terms) > 1:  # the total is not a term of its own
+            terms = [t for t in terms if not t.startswith('loss=')]
         if get_world_size() > 1:
             flag = torch.tensor([float(bool(terms))], device=get_device())
             torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
