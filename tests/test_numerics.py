@@ -15,21 +15,21 @@ from mmdeform.models.task_modules import HungarianAssigner
 from mmdeform.registry import HOOKS
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
-DETR = 'tests/data/configs/detr_shapes_tiny.py'
+SOAK = 'tests/data/configs/detr_shapes_soak.py'  # 64 px, 4 iterations and a checkpoint per epoch
 COSTS = [dict(type='ClassificationCost', weight=1.0), dict(type='BBoxL1Cost', weight=5.0),
          dict(type='IoUCost', weight=2.0)]
 
 
 @HOOKS.register_module(force=True)
 class _BreakAtIteration(Hook):
-    """Test-only fault: before iteration ``at`` (1-based), make the loss (``how='loss'``:
+    """Test-only fault: before iteration ``at`` (1-based) and after, make the loss (``how='loss'``:
     an infinite L1 weight) or the weights (``how='weights'``: NaN queries) non-finite."""
 
     def __init__(self, at, how):
         self.at, self.how = at, how
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter + 1 != self.at:
+        if runner.iter + 1 < self.at:
             return
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         if self.how == 'loss':
@@ -41,10 +41,10 @@ class _BreakAtIteration(Hook):
 
 def _train_with_fault(shapes_root, work_dir, how):
     train = load_tool('tools/train.py')
-    args = train.parse_args([DETR, '--work-dir', str(work_dir), '--cfg-options',
-                             *shapes_options(shapes_root)])
+    args = train.parse_args([SOAK, '--work-dir', str(work_dir), '--cfg-options',
+                             *shapes_options(shapes_root), 'train_dataloader.num_workers=0'])
     cfg = train.build_config(args)
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='_BreakAtIteration', at=3, how=how)]
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='_BreakAtIteration', at=6, how=how)]
     with pytest.raises(NonFiniteLossError) as info:
         Runner.from_cfg(cfg).train()
     return str(info.value)
@@ -55,13 +55,14 @@ def test_non_finite_loss_stops_with_iteration_terms_and_images(how, shapes_root,
     message = _train_with_fault(shapes_root, tmp_path, how)
     what = (r'loss terms ([\w.]+=inf, )*loss_bbox=inf' if how == 'loss'
             else r'the predictions')
-    assert re.match(rf'non-finite loss at iteration 3, rank 0: {what} not finite; batch images: '
-                    rf'\S+/train/\d+\.png, \S+/train/\d+\.png\. Training stopped before a '
-                    r'checkpoint of this step was written', message), message
-    # the checkpoint of iteration 2 is the last one, complete and finite
-    assert (tmp_path / 'last_checkpoint').read_text().strip().endswith('iter_2.pth')
-    assert not (tmp_path / 'iter_4.pth').exists()
-    state = load_checkpoint_file(str(tmp_path / 'iter_2.pth'))['state_dict']
+    images = ', '.join([r'\S+/train/\d+\.png'] * 4)
+    assert re.match(rf'non-finite loss at iteration 6 \(epoch 2\), rank 0: {what} not finite; '
+                    rf'batch images: {images}\. Training stopped before a checkpoint of this '
+                    r'step was written', message), message
+    # the checkpoint of epoch 1 is the last one, complete and finite
+    assert (tmp_path / 'last_checkpoint').read_text().strip().endswith('epoch_1.pth')
+    assert not (tmp_path / 'epoch_2.pth').exists()
+    state = load_checkpoint_file(str(tmp_path / 'epoch_1.pth'))['state_dict']
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

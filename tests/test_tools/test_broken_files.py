@@ -5,12 +5,13 @@ import shutil
 
 import pytest
 import torch
-from helpers import PYTHON, run_tool, shapes_options, tool_error
+from helpers import PYTHON, ROOT, run_tool, shapes_options, tool_error
 from mmengine.config import Config
 
 from mmdeform.registry import MODELS
 
 DETR = 'tests/data/configs/detr_shapes_tiny.py'
+SOAK = 'tests/data/configs/detr_shapes_soak.py'  # 2 data-loader workers, 64 px
 CONVERTERS = ['tools/model_converters/mmdet_to_mmdeform.py',
               'tools/model_converters/official_detr.py',
               'tools/model_converters/official_deformable_detr.py',
@@ -135,10 +136,9 @@ def corrupt_root(shapes_root, tmp_path_factory):
 
 def test_corrupt_image_in_training_names_file_and_index(corrupt_root, tmp_path):
     """Two data-loader workers, no shuffling: the worker re-raises our error; one line."""
-    options = shapes_options(str(corrupt_root)) + [
-        'train_dataloader.sampler.shuffle=False', 'train_dataloader.num_workers=2']
-    proc = run_tool([PYTHON, 'tools/train.py', DETR, '--work-dir', str(tmp_path), '--cfg-options',
-                     *options], check=False, timeout=300)
+    options = shapes_options(str(corrupt_root)) + ['train_dataloader.sampler.shuffle=False']
+    proc = run_tool([PYTHON, 'tools/train.py', SOAK, '--work-dir', str(tmp_path), '--cfg-options',
+                     *options], check=False, timeout=300, env=dict(PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r'error: CorruptImageError: image .*/train/\S+\.png \(dataset index 3\) '
