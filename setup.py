@@ -1,10 +1,67 @@
 """mmdeform: DETR-family detectors on mmengine, mmcv and mmdet 3.x."""
+import os
+import platform
 import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+CSRC = 'mmdeform/ops/csrc'
+# ms_deform_attn_kernel.h compiled for AVX2 + FMA: only this file gets these flags, and the
+# extension runs it only on CPUs that have both (see ms_deform_attn_cpu.cpp).
+AVX2_FLAGS = ['-mavx2', '-mfma', '-DCPU_CAPABILITY=AVX2', '-DCPU_CAPABILITY_AVX2']
+
+
+def cpu_extension():
+    """The CPU kernel of multi-scale deformable attention (mmdeform/ops), or nothing.
+
+    It needs torch at build time (``pip install --no-build-isolation -e .``, as
+    tools/install.sh does). Without torch, or if the compiler fails (the extension is
+    optional), mmdeform installs without it and falls back to mmcv's PyTorch path.
+    """
+    if os.environ.get('MMDEFORM_NO_EXT') == '1':
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print('mmdeform: torch is not importable at build time, so the CPU kernel of '
+              'deformable attention is not built (use pip install --no-build-isolation)')
+        return {}
+    x86 = platform.machine().lower() in ('x86_64', 'amd64')
+    sources = [f'{CSRC}/ms_deform_attn_cpu.cpp', f'{CSRC}/kernel_default.cpp']
+    macros = []
+    if x86:
+        sources.append(f'{CSRC}/kernel_avx2.cpp')
+        macros.append(('MMDEFORM_MSDA_HAVE_AVX2', None))
+    # -fopenmp: at::parallel_for is inline and runs serially without it; the extension
+    # then shares the libgomp.so.1 that torch has already loaded.
+    ext = CppExtension(
+        'mmdeform.ops._msda_cpu', sources, define_macros=macros, optional=True,
+        extra_compile_args=['-O3', '-g0', '-fopenmp', '-Wno-unknown-pragmas',
+                            '-DCPU_CAPABILITY=DEFAULT'],
+        extra_link_args=['-fopenmp'])
+
+    class Build(BuildExtension):
+        """Adds the AVX2 flags to kernel_avx2.cpp alone (hence no ninja: it compiles
+        every file with the same flags)."""
+
+        def build_extension(self, extension):
+            compile_one = self.compiler._compile
+
+            def compile_with_isa(obj, src, ext_, cc_args, extra_postargs, pp_opts):
+                if src.endswith('kernel_avx2.cpp'):
+                    extra_postargs = [a for a in extra_postargs
+                                      if a != '-DCPU_CAPABILITY=DEFAULT'] + AVX2_FLAGS
+                return compile_one(obj, src, ext_, cc_args, extra_postargs, pp_opts)
+
+            self.compiler._compile = compile_with_isa
+            try:
+                super().build_extension(extension)
+            finally:
+                self.compiler._compile = compile_one
+
+    return dict(ext_modules=[ext], cmdclass={'build_ext': Build.with_options(use_ninja=False)})
 
 
 def read_version():
@@ -32,4 +89,5 @@ setup(
     extras_require={'tests': read_requirements('tests.txt')},
     license='Apache-2.0',
     zip_safe=False,
+    **cpu_extension(),
 )

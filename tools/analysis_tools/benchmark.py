@@ -1,6 +1,7 @@
 """Side-by-side speed of an mmdeform model and mmdet's same model, in one process.
 
     python tools/analysis_tools/benchmark.py [--config C] [--mmdet-config M] [--threads 2]
+    python tools/analysis_tools/benchmark.py --mode op [--threads 2]
 
 Both models get the same weights (mmdet's random initialisation, converted), run
 the same inputs, and alternate: each repeat runs one then the other, swapping
@@ -11,6 +12,14 @@ allocated by torch; CPU: the process's peak resident set during the run, via
 
 Cases: inference at batch 1 for each --sizes entry, and one training step
 (forward, loss, backward, AdamW step) at batch 2 for each --train-sizes entry.
+
+``--mode op`` times the deformable-attention op alone (``mmdeform.ops``, our CPU
+kernel on the CPU) against mmcv's ``multi_scale_deformable_attn_pytorch``, which is
+what mmcv and mmdet run on the CPU: see ``benchmark_op.py``.
+
+Memory is measured before the timing, with glibc's malloc told to give every block
+over 256 KiB its own mapping, so that a run's peak resident set is its own and not
+what an earlier run left in the heap (``run_cases``).
 """
 import argparse
 import os
@@ -18,7 +27,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import torch
 
@@ -31,6 +40,8 @@ DEFAULT_PAIR = ('configs/deformable_detr_refine_two_stage.py',
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--mode', choices=['model', 'op'], default='model',
+                   help='model: mmdeform model vs mmdet model; op: the deformable-attention op')
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
@@ -104,12 +115,28 @@ def make_inputs(model, size, batch, device, training):
     return data['inputs'].to(device), [s.to(device) for s in data['data_samples']]
 
 
+def set_malloc_mmap_threshold(size: int) -> None:
+    """glibc: blocks of ``size`` bytes and more get their own mapping, returned to the
+    system when freed (this also switches off glibc's adaptive threshold)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, size)
+    libc.mallopt(m_trim_threshold, max(size, 1024 * 1024))
+    libc.malloc_trim(0)
+
+
 @contextmanager
 def peak_memory(device: str, out: Dict[str, float]):
-    """Peak memory of the block in MiB (CUDA allocator peak, or CPU peak RSS)."""
+    """Peak memory of the block in MiB (CUDA allocator peak, or CPU peak RSS), and the
+    memory in use when it started (``base_mib``)."""
     if device.startswith('cuda'):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        out['base_mib'] = torch.cuda.memory_allocated() / 2**20
         yield
         torch.cuda.synchronize()
         out['peak_mib'] = torch.cuda.max_memory_allocated() / 2**20
@@ -119,14 +146,21 @@ def peak_memory(device: str, out: Dict[str, float]):
             f.write('5')  # reset VmHWM to the current RSS
     except OSError:
         pass
+    out['base_mib'] = _proc_status_mib('VmRSS')
     yield
+    out['peak_mib'] = _proc_status_mib('VmHWM')
+
+
+def _proc_status_mib(key: str) -> float:
     with open('/proc/self/status') as f:
         for line in f:
-            if line.startswith('VmHWM:'):
-                out['peak_mib'] = int(line.split()[1]) / 1024
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) / 1024
+    return float('nan')
 
 
-def timed(fn: Callable[[], None], device: str) -> Tuple[float, float]:
+def timed(fn: Callable[[], None], device: str) -> Tuple[float, Dict[str, float]]:
+    """Wall time of ``fn()`` and its memory (``peak_mib``, ``base_mib``)."""
     mem: Dict[str, float] = {}
     with peak_memory(device, mem):
         start = time.perf_counter()
@@ -134,7 +168,7 @@ def timed(fn: Callable[[], None], device: str) -> Tuple[float, float]:
         if device.startswith('cuda'):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
-    return elapsed, mem.get('peak_mib', float('nan'))
+    return elapsed, mem
 
 
 def inference_fn(model, inputs, samples):
@@ -164,26 +198,59 @@ def disable_dropout(model):
             m.dropout = 0.0
 
 
-def run_case(name, fns: Dict[str, Callable[[], None]], args) -> dict:
+class Case(NamedTuple):
+    """Two functions to compare (ours first, the reference second) and what puts the
+    models in the right mode for them (``eval()`` or ``train()``)."""
+    name: str
+    fns: Dict[str, Callable[[], None]]
+    prepare: Callable[[], None] = lambda: None
+
+
+def run_cases(cases: List[Case], args) -> List[dict]:
+    """Measure every case's memory, then time every case.
+
+    On the CPU, memory comes first, with glibc told to give every block over 256 KiB
+    its own mapping (``set_malloc_mmap_threshold``): freed tensors then go back to the
+    system, and a run's peak resident set is its own, not what an earlier run left in
+    the heap. ``peak`` is the process's peak resident set, ``extra`` that peak minus the
+    resident set when the call began. The timing then runs with a 32 MiB threshold,
+    where glibc's own adaptive threshold settles after a few large frees, so that the
+    timed runs do not pay a page fault for every large tensor.
+    """
+    rows = [dict(case=case.name) for case in cases]
+    if args.device == 'cpu':
+        set_malloc_mmap_threshold(256 * 1024)
+    for case, row in zip(cases, rows):
+        case.prepare()
+        for key, fn in case.fns.items():
+            fn()  # warm-up, then measured
+            _, mem = timed(fn, args.device)
+            row[f'{key}_mib'] = mem['peak_mib']
+            row[f'{key}_extra_mib'] = mem['peak_mib'] - mem['base_mib']
+    if args.device == 'cpu':
+        set_malloc_mmap_threshold(32 * 1024 * 1024)
+    for case, row in zip(cases, rows):
+        row.update(_time_case(case, args))
+        ours, ref = case.fns
+        print(f"{case.name:28s} {ours} {row[f'{ours}_s']:8.3f} s  {ref} {row[f'{ref}_s']:8.3f} s  "
+              f"ratio {row['ratio']:.3f}  peak {ours} {row[f'{ours}_mib']:8.0f} MiB  "
+              f"{ref} {row[f'{ref}_mib']:8.0f} MiB", flush=True)
+    return rows
+
+
+def _time_case(case: Case, args) -> dict:
+    """Median wall time of each function over alternating repeats, after warm-up."""
+    case.prepare()
     for _ in range(args.warmup):
-        for fn in fns.values():
+        for fn in case.fns.values():
             fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    peaks: Dict[str, List[float]] = {k: [] for k in fns}
-    order = list(fns)
+    times: Dict[str, List[float]] = {k: [] for k in case.fns}
+    order = list(case.fns)
     for r in range(args.repeats):
         for key in (order if r % 2 == 0 else order[::-1]):
-            t, m = timed(fns[key], args.device)
-            times[key].append(t)
-            peaks[key].append(m)
-    row = dict(case=name)
-    for key in fns:
-        row[f'{key}_s'] = statistics.median(times[key])
-        row[f'{key}_mib'] = max(peaks[key])
-    row['ratio'] = row['ours_s'] / row['mmdet_s']
-    print(f"{name:28s} ours {row['ours_s']:8.3f} s  mmdet {row['mmdet_s']:8.3f} s  "
-          f"ratio {row['ratio']:.3f}  peak ours {row['ours_mib']:8.0f} MiB  "
-          f"mmdet {row['mmdet_mib']:8.0f} MiB", flush=True)
+            times[key].append(timed(case.fns[key], args.device)[0])
+    row = {f'{key}_s': statistics.median(times[key]) for key in order}
+    row['ratio'] = row[f'{order[0]}_s'] / row[f'{order[1]}_s']
     return row
 
 
@@ -191,11 +258,14 @@ def format_table(rows, args, device_name) -> str:
     lines = [f'Device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}; '
              f'median of {args.repeats} alternating repeats after {args.warmup} warm-up runs.',
              f'Models: `{args.config}` vs mmdet `{args.mmdet_config}` (same weights).', '',
-             '| case | ours (s) | mmdet (s) | ours / mmdet | peak ours (MiB) | peak mmdet (MiB) |',
-             '| --- | ---: | ---: | ---: | ---: | ---: |']
+             '| case | ours (s) | mmdet (s) | speed-up | peak ours (MiB) | peak mmdet (MiB) | '
+             'extra ours (MiB) | extra mmdet (MiB) | extra ours / mmdet |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     for r in rows:
         lines.append(f"| {r['case']} | {r['ours_s']:.3f} | {r['mmdet_s']:.3f} | "
-                     f"{r['ratio']:.3f} | {r['ours_mib']:.0f} | {r['mmdet_mib']:.0f} |")
+                     f"{1 / r['ratio']:.2f}x | {r['ours_mib']:.0f} | {r['mmdet_mib']:.0f} | "
+                     f"{r['ours_extra_mib']:.0f} | {r['mmdet_extra_mib']:.0f} | "
+                     f"{r['ours_extra_mib'] / r['mmdet_extra_mib']:.2f} |")
     return '\n'.join(lines)
 
 
@@ -203,27 +273,34 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device == 'cpu':
         torch.set_num_threads(args.threads)
+    if args.mode == 'op':
+        from benchmark_op import run_op_benchmark
+        return run_op_benchmark(args, run_cases, Case)
     ours, ref = build_pair(args)
     device_name = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
                    f'CPU ({os.cpu_count()} cores)')
-    rows = []
-    for model in (ours, ref):
-        model.eval()
+
+    def evaluating():
+        for model in (ours, ref):
+            model.eval()
+
+    def training():
+        for model in (ours, ref):
+            model.train()
+            disable_dropout(model)  # the same work in both: no random masks
+
+    cases = []
     for text in args.sizes:
-        size = _size(text)
-        inputs, samples = make_inputs(ref, size, 1, args.device, training=False)
-        rows.append(run_case(f'inference b1 {text}', dict(
+        inputs, samples = make_inputs(ref, _size(text), 1, args.device, training=False)
+        cases.append(Case(f'inference b1 {text}', dict(
             ours=inference_fn(ours, inputs, samples),
-            mmdet=inference_fn(ref, inputs, samples)), args))
-    for model in (ours, ref):
-        model.train()
-        disable_dropout(model)  # the same work in both: no random masks
+            mmdet=inference_fn(ref, inputs, samples)), evaluating))
     for text in args.train_sizes:
-        size = _size(text)
-        inputs, samples = make_inputs(ref, size, 2, args.device, training=True)
-        rows.append(run_case(f'train step b2 {text}', dict(
+        inputs, samples = make_inputs(ref, _size(text), 2, args.device, training=True)
+        cases.append(Case(f'train step b2 {text}', dict(
             ours=train_fn(ours, inputs, samples),
-            mmdet=train_fn(ref, inputs, samples)), args))
+            mmdet=train_fn(ref, inputs, samples)), training))
+    rows = run_cases(cases, args)
     table = format_table(rows, args, device_name)
     print('\n' + table)
     if args.out:

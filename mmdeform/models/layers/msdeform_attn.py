@@ -3,9 +3,9 @@ import math
 from typing import Optional
 
 import torch
-from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
-                                              multi_scale_deformable_attn_pytorch)
 from torch import Tensor, nn
+
+from mmdeform.ops import multi_scale_deformable_attn
 
 
 class MSDeformAttn(nn.Module):
@@ -13,9 +13,9 @@ class MSDeformAttn(nn.Module):
 
     ``out = W_o sum_m sum_l sum_k A_mlqk * W_v x_l(phi_l(p_q) + dp_mlqk)``: the
     offsets ``dp`` and weights ``A`` (softmax over levels x points) are linear
-    functions of the query; the sampling is bilinear, done by mmcv's
-    ``MultiScaleDeformableAttnFunction`` (the compiled kernel) when the tensors
-    are on CUDA, and by mmcv's ``grid_sample`` implementation otherwise.
+    functions of the query; the sampling is bilinear, done by
+    :func:`mmdeform.ops.multi_scale_deformable_attn`: mmcv's compiled kernel on
+    CUDA, our C++ kernel on the CPU (mmcv's ``grid_sample`` path if it is not built).
 
     Parameter names (``sampling_offsets``, ``attention_weights``,
     ``value_proj``, ``output_proj``) are the official code's, mmcv's and mmdet's.
@@ -79,13 +79,16 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, nq, m, lv, k, 2)
         weights = self.attention_weights(query).view(b, nq, m, lv * k).softmax(-1)
         weights = weights.view(b, nq, m, lv, k)
+        # One fused multiply-add over the (B, Nq, M, L, K, 2) offsets: this tensor is as
+        # large as the value, and separate divide / multiply / add passes over it cost
+        # more than the deformable attention itself on the CPU.
         if reference_points.shape[-1] == 2:
-            normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            locations = (reference_points[:, :, None, :, None, :] +
-                         offsets / normalizer[None, None, None, :, None, :])
+            cell = 1.0 / torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            locations = torch.addcmul(reference_points[:, :, None, :, None, :], offsets,
+                                      cell.to(offsets.dtype)[None, None, None, :, None, :])
         elif reference_points.shape[-1] == 4:
-            locations = (reference_points[:, :, None, :, None, :2] +
-                         offsets / k * reference_points[:, :, None, :, None, 2:] * 0.5)
+            locations = torch.addcmul(reference_points[:, :, None, :, None, :2], offsets,
+                                      reference_points[:, :, None, :, None, 2:], value=0.5 / k)
         else:
             raise ValueError('MSDeformAttn: reference_points must end in 2 (points) or 4 '
                              f'(boxes), got shape {tuple(reference_points.shape)}')
@@ -116,9 +119,6 @@ class MSDeformAttn(nn.Module):
         if self.recording:
             self.last_sampling_locations = locations.detach()
             self.last_attention_weights = weights.detach()
-        if value.is_cuda:
-            out = MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
-                                                         locations, weights, self.im2col_step)
-        else:
-            out = multi_scale_deformable_attn_pytorch(value, spatial_shapes, locations, weights)
+        out = multi_scale_deformable_attn(value, spatial_shapes, level_start_index, locations,
+                                          weights, self.im2col_step)
         return self.output_proj(out)
