@@ -93,7 +93,7 @@ def _kill_9(proc):
     proc.wait()
 
 
-def _kill_when(proc, probe, ready, timeout=240):
+def _kill_when(proc, probe, ready, timeout=600):
     start = time.time()
     while proc.poll() is None and time.time() - start < timeout:
         if ready(*_progress(probe)):
@@ -119,7 +119,7 @@ def _check_work_dir(work_dir):
 
 def _run_to_end(work_dir, root, processes, resume):
     proc, _ = _start(work_dir, root, processes, resume)
-    assert proc.wait(timeout=300) == 0, (work_dir / 'console.log').read_text()[-4000:]
+    assert proc.wait(timeout=600) == 0, (work_dir / 'console.log').read_text()[-4000:]
 
 
 def _final_weights(work_dir):
