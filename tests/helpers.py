@@ -80,3 +80,28 @@ def shapes_options(root):
             f'test_dataloader.dataset.data_root={root}', *spec,
             f'val_evaluator.ann_file={root}annotations/instances_val.json',
             f'test_evaluator.ann_file={root}annotations/instances_val.json']
+
+
+def load_tool(path):
+    """Import a script (``tools/test.py``) as a module, to call its ``main`` in-process."""
+    import importlib.util
+    name = 'tool_' + os.path.splitext(path)[0].replace('/', '_')
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tool_error(path, argv, capsys):
+    """Run ``path``'s main as the command line does (:func:`run_tool_main`); return the one
+    line it prints on stderr for the error it must stop with."""
+    import pytest
+
+    from mmdeform.utils.errors import run_tool_main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool_main(load_tool(path).main, [str(a) for a in argv])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err, err
+    return err.strip().splitlines()[-1]

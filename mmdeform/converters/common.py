@@ -9,7 +9,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from mmdeform.utils.checkpoint import load_checkpoint_file
+from mmdeform.utils.checkpoint import checkpoint_family, load_checkpoint_file
+from mmdeform.utils.errors import CheckpointFamilyError, CheckpointReadError, InputError
 
 StateDict = Dict[str, Tensor]
 
@@ -39,8 +40,9 @@ class ConversionReport:
         return '\n'.join(lines)
 
 
-class UnmappedKeysError(KeyError):
-    pass
+class UnmappedKeysError(InputError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ''
 
 
 def progress(items):
@@ -99,14 +101,16 @@ def read_state_dict(path: str) -> Tuple[StateDict, dict]:
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
     checkpoint = load_checkpoint_file(path, map_location='cpu', trusted=False)
     if not isinstance(checkpoint, dict):
-        raise TypeError(f'{path}: expected a dict checkpoint, got {type(checkpoint).__name__}')
+        raise CheckpointReadError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a '
+                                  'dict of weights')
     for key in ('state_dict', 'model'):
         if key in checkpoint and isinstance(checkpoint[key], dict):
             return dict(checkpoint[key]), checkpoint
     if all(isinstance(v, Tensor) for v in checkpoint.values()):
         return dict(checkpoint), {}
-    raise KeyError(f'{path}: found no weights; expected a "state_dict" or "model" entry, '
-                   f'or a flat dict of tensors (top-level keys: {sorted(checkpoint)[:10]})')
+    raise CheckpointReadError(f'checkpoint {path} holds no weights: expected a "state_dict" or '
+                              f'"model" entry, or a flat dict of tensors (top-level keys: '
+                              f'{sorted(checkpoint)[:10]})')
 
 
 def save_checkpoint_atomic(checkpoint: dict, path: str) -> None:
@@ -127,6 +131,11 @@ def run_converter(convert: Callable[[StateDict, dict], Tuple[StateDict, Conversi
                   src: str, dst: str) -> ConversionReport:
     """Read ``src``, convert, fail on unmapped keys, print the summary, write ``dst``."""
     state_dict, checkpoint = read_state_dict(src)
+    expected = getattr(convert, 'source_family', None)
+    found = checkpoint_family(state_dict.keys())
+    if expected and found and expected not in found:
+        raise CheckpointFamilyError(f'{src} looks like {found} weights; this converter reads '
+                                    f'{expected} checkpoints')
     converted, report, meta = convert(state_dict, checkpoint)
     print(f'{src} -> {dst}')
     print(report.summary())

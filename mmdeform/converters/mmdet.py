@@ -73,3 +73,5 @@ def convert_mmdet(state_dict: StateDict, checkpoint: dict) -> Tuple[StateDict, C
     if 'dataset_meta' in source_meta:
         meta['dataset_meta'] = source_meta['dataset_meta']
     return converted, report, meta
+
+convert_mmdet.source_family = 'mmdet 3.x format'

@@ -199,4 +199,8 @@ def _meta(checkpoint: dict, source: str) -> dict:
     return meta
 
 
+convert_official_detr.source_family = 'official facebookresearch/detr format'
+
+convert_official_deformable_detr.source_family = 'official fundamentalvision format'
+
 __all__ = ['convert_official_detr', 'convert_official_deformable_detr', 'select_class_rows']

@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from mmdet.datasets import CocoDataset
+from .coco import CocoDataset
 from mmengine.utils import ProgressBar
 
 from mmdeform.registry import DATASETS
@@ -239,7 +239,7 @@ def generate_shapes_dataset(data_root: str, spec: ShapesSpec = ShapesSpec()) -> 
 
 @DATASETS.register_module()
 class ShapesDataset(CocoDataset):
-    """mmdet's :class:`CocoDataset` over the generated shapes; generates on first use.
+    """mmdeform's checked :class:`CocoDataset` over the generated shapes; generates on first use.
 
     Args:
         generate: write the dataset under ``data_root`` if it is missing.

@@ -1,4 +1,6 @@
-from .hooks import EvalProgressBarHook, RNGStateHook
+from .hooks import (CheckpointHook, EvalProgressBarHook, FiniteLossHook, NonFiniteLossError,
+                    RNGStateHook)
 from .runner import Runner
 
-__all__ = ["Runner", "RNGStateHook", "EvalProgressBarHook"]
+__all__ = ["Runner", "RNGStateHook", "EvalProgressBarHook", "CheckpointHook", "FiniteLossHook",
+           "NonFiniteLossError"]

@@ -26,10 +26,12 @@ import io
 import os.path as osp
 import pickle
 import types
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from .errors import CheckpointFamilyError, CheckpointReadError, InputError
 
 _TRUSTED = contextvars.ContextVar('mmdeform_trusted_checkpoint', default=False)
 
@@ -141,14 +143,42 @@ restricted_pickle = types.SimpleNamespace(
 )
 
 
+def _what_is_wrong(filename: str, error: Exception) -> str:
+    """Why ``torch.load`` failed, in terms of the file: empty, truncated, not a checkpoint."""
+    size = osp.getsize(filename)
+    with open(filename, 'rb') as f:
+        head = f.read(8)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    if head.startswith(b'PK\x03\x04'):  # torch's zip format
+        if 'central directory' in str(error):
+            return (f'the zip archive ends early ({size} bytes, no central directory): '
+                    'the file is truncated, e.g. an interrupted save or download')
+        return f'the zip archive is corrupt ({size} bytes): {str(error).splitlines()[0]}'
+    if head[:1] == b'\x80':  # a pickle: torch's legacy format or a bare pickle
+        return (f'the pickle stream is truncated or corrupt ({size} bytes): '
+                f'{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}')
+    return (f'not a PyTorch checkpoint: it starts with {head!r} ({size} bytes), neither a zip '
+            'archive (torch.save) nor a pickle')
+
+
 def load_checkpoint_file(filename: str, map_location=None, trusted: bool = None) -> Any:
-    """Load a local checkpoint file at the given (or the current) trust level."""
+    """Load a local checkpoint file at the given (or the current) trust level.
+
+    Raises:
+        CheckpointReadError: the file is empty, truncated or not a checkpoint;
+            the message names the file and what is wrong with it.
+    """
     if trusted is None:
         trusted = _TRUSTED.get()
-    if trusted:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    return torch.load(filename, map_location=map_location, weights_only=False,
-                      pickle_module=restricted_pickle)
+    kwargs = {} if trusted else dict(pickle_module=restricted_pickle)
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False, **kwargs)
+    except OSError:  # missing file, no permission: the message names the file already
+        raise
+    except Exception as e:  # pickle, zip and storage errors of a broken file
+        raise CheckpointReadError(f'cannot read checkpoint {filename}: '
+                                  f'{_what_is_wrong(filename, e)}') from None
 
 
 def _load_from_local(filename: str, map_location=None) -> Any:
@@ -172,8 +202,60 @@ def register_checkpoint_loaders() -> None:
                                      force=True)(_load_from_http)
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(InputError, RuntimeError):
     pass
+
+
+def _strip_module(keys):
+    return {k[len('module.'):] if k.startswith('module.') else k for k in keys}
+
+
+def checkpoint_family(keys) -> Optional[str]:
+    """The detector family (and format) a set of state-dict keys looks like, or None.
+
+    Recognises mmdeform's DETR, Deformable DETR (two-stage) and DINO, the same
+    models in mmdet 3.x's layout, and the official DETR / Deformable-DETR files.
+    """
+    keys = _strip_module(keys)
+    if 'class_embed.weight' in keys and any(k.startswith('transformer.') for k in keys):
+        return 'DETR (official facebookresearch/detr format)'
+    if 'class_embed.0.weight' in keys and any(k.startswith('transformer.') for k in keys):
+        return 'Deformable DETR (official fundamentalvision format)'
+    if 'bbox_head.fc_cls.weight' in keys:
+        return 'DETR (mmdet 3.x format)'
+    if 'bbox_head.cls_branch.weight' in keys:
+        return 'DETR'
+    if 'bbox_head.cls_branches.0.weight' in keys:
+        mmdet_layout = 'bbox_head.reg_branches.0.0.weight' in keys
+        if any(k.startswith('dn_query_generator.') for k in keys):
+            name = 'DINO'
+        elif 'memory_trans_fc.weight' in keys:
+            name = 'Deformable DETR (two-stage)'
+        else:
+            name = 'Deformable DETR'
+        return f'{name} (mmdet 3.x format)' if mmdet_layout else name
+    return None
+
+
+_CONVERTERS = {
+    'official facebookresearch/detr format': 'tools/model_converters/official_detr.py',
+    'official fundamentalvision format': 'tools/model_converters/official_deformable_detr.py',
+    'mmdet 3.x format': 'tools/model_converters/mmdet_to_mmdeform.py',
+}
+
+
+def check_family(filename: str, model: torch.nn.Module, state_keys) -> None:
+    """Raise :class:`CheckpointFamilyError` (one line) when the checkpoint's keys look
+    like another family or format than the model's."""
+    theirs = checkpoint_family(state_keys)
+    ours = checkpoint_family(model.state_dict().keys())
+    if theirs is None or ours is None or theirs == ours:
+        return
+    fix = next((f'convert it first with {tool}' for fmt, tool in _CONVERTERS.items()
+                if fmt in theirs), f'use a {theirs.split(" (")[0]} config')
+    raise CheckpointFamilyError(
+        f'checkpoint {filename} looks like {theirs} weights, but the config builds '
+        f'{ours} ({type(model).__name__}); {fix}')
 
 
 def checkpoint_mismatch(model: torch.nn.Module, checkpoint: dict,
@@ -235,4 +317,5 @@ def opaque_objects(obj: Any, path: str = '') -> Dict[str, str]:
 
 __all__ = ['trusted_checkpoints', 'load_checkpoint_file', 'register_checkpoint_loaders',
            'OpaqueObject', 'RestrictedUnpickler', 'opaque_objects', 'checkpoint_mismatch',
-           'describe_mismatch', 'CheckpointMismatchError']
+           'describe_mismatch', 'CheckpointMismatchError', 'checkpoint_family', 'check_family',
+           'CheckpointReadError', 'CheckpointFamilyError']

@@ -2,7 +2,7 @@
 import re
 import socket
 
-from helpers import run_tool, shapes_options
+from helpers import PYTHON, run_tool, shapes_options
 
 
 def _free_port():
@@ -15,7 +15,8 @@ def test_dist_train_two_cpu_processes(shapes_root, tmp_path):
     proc = run_tool(['bash', 'tools/dist_train.sh', 'tests/data/configs/detr_shapes_tiny.py', '2',
                      '--work-dir', str(tmp_path), '--cfg-options', *shapes_options(shapes_root),
                      'train_cfg.max_iters=2'],
-                    env=dict(PORT=str(_free_port()), OMP_NUM_THREADS='1'), timeout=300)
+                    env=dict(PORT=str(_free_port()), OMP_NUM_THREADS='1', PYTHON=PYTHON),
+                    timeout=300)
     log = proc.stdout + proc.stderr
     assert 'gloo process group, world_size: 2, rank: 1' in log, log[-3000:]
     assert 'Distributed training: True' in log

@@ -13,4 +13,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmdeform.utils.errors import run_tool_main
+    run_tool_main(main)

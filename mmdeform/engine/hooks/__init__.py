@@ -1,4 +1,7 @@
+from .checkpoint_hook import CheckpointHook
+from .finite_loss_hook import FiniteLossHook, NonFiniteLossError
 from .progress_bar_hook import EvalProgressBarHook
 from .rng_state_hook import RNGStateHook
 
-__all__ = ['EvalProgressBarHook', 'RNGStateHook']
+__all__ = ['CheckpointHook', 'EvalProgressBarHook', 'FiniteLossHook', 'NonFiniteLossError',
+           'RNGStateHook']
