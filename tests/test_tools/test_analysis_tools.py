@@ -51,7 +51,7 @@ def test_get_flops_msda_and_params_by_hand():
     tokens = 8 * 12 + 4 * 6 + 2 * 3
     queries = 3 * tokens + 3 * 50
     per_query = c * 3 * 4 * (4 + 1)  # channels x levels x points x (bilinear taps + weight)
-    assert printed_int(out, 'MSDeformAttn sampling') == queries * per_query
+    assert printed_int(out, 'deformable sampling and DAT attention') == queries * per_query
     regular = printed_int(out, 'regular layers')
     assert printed_int(out, 'FLOPs, total') == regular + queries * per_query
     assert '1 FLOP = 1 fused multiply-add' in out
@@ -72,7 +72,7 @@ def test_get_flops_detr_encoder_by_hand():
     n, c, f = 80, 128, 512
     per_layer = 4 * n * c * c + 2 * n * n * c + 2 * n * c * f + 2 * 5 * n * c
     assert module_row(out, 'encoder') == 3 * per_layer
-    assert printed_int(out, 'MSDeformAttn sampling') == 0
+    assert printed_int(out, 'deformable sampling and DAT attention') == 0
 
 
 def test_get_flops_r50_config_and_paper_figure():
@@ -83,7 +83,7 @@ def test_get_flops_r50_config_and_paper_figure():
     assert 'init_cfg = None' in out
     assert 'Paper (Table 1, Deformable DETR): 173 GFLOPs' in out
     tokens = 32 * 32 + 16 * 16 + 8 * 8 + 4 * 4
-    assert printed_int(out, 'MSDeformAttn sampling') == (6 * tokens + 6 * 300) * 256 * 4 * 4 * 5
+    assert printed_int(out, 'deformable sampling and DAT attention') == (6 * tokens + 6 * 300) * 256 * 4 * 4 * 5
 
 
 def test_get_flops_bad_input():

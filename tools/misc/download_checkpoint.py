@@ -82,7 +82,7 @@ def main(argv=None):
     dst = osp.join(args.out_dir, f'{args.name}.pth')
     os.makedirs(args.out_dir, exist_ok=True)
     run_converter(convert, source, dst)
-    if model['Results'][0]['Task'] == 'Image Classification':
+    if (model.get('Results') or [{}])[0].get('Task') == 'Image Classification':
         print(f'A backbone checkpoint: set model.backbone.init_cfg=dict(type=\'Pretrained\', '
               f'checkpoint=\'{dst}\') (as {model["Config"]} does with the URL)')
     else:
