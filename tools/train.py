@@ -62,6 +62,13 @@ def main(argv=None):
     check_dataset_paths(cfg, splits=('train_dataloader', 'val_dataloader'))
     runner = Runner.from_cfg(cfg)
     runner.train()
+    # Leave the process group before the interpreter tears down: gloo's threads, still
+    # joinable at exit, otherwise abort a rank now and then ("terminate called without an
+    # active exception", exit -6) after a run that finished.
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':
