@@ -29,7 +29,8 @@ def cpu_extension():
               'deformable attention is not built (use pip install --no-build-isolation)')
         return {}
     x86 = platform.machine().lower() in ('x86_64', 'amd64')
-    sources = [f'{CSRC}/ms_deform_attn_cpu.cpp', f'{CSRC}/kernel_default.cpp']
+    sources = [f'{CSRC}/ms_deform_attn_cpu.cpp', f'{CSRC}/kernel_default.cpp',
+               f'{CSRC}/neighborhood_attn.cpp']
     macros = []
     if x86:
         sources.append(f'{CSRC}/kernel_avx2.cpp')

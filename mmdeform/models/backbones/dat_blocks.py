@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
+from mmdeform.ops import NA_KERNEL_AVAILABLE, neighborhood_av, neighborhood_qk
+
 
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of an NCHW map (the official ``LayerNormProxy``)."""
@@ -165,9 +167,12 @@ class NeighborhoodAttention(nn.Module):
     A map smaller than ``k`` is zero-padded at the bottom/right before the qkv
     projection, as in the official model (the padded pixels are attended to).
 
-    Plain PyTorch: ``natten`` 0.14.6 (the official pin) does not build against
-    current torch, and natten >= 0.20 has no relative position bias.
-    Memory: the attention weights, (B, heads, H, W, k*k).
+    On the CPU the two products around the softmax are our C++ kernels
+    (:mod:`mmdeform.ops.neighborhood_attn`); elsewhere, or without the extension,
+    plain PyTorch over the ``k*k`` window slots (:meth:`_products_pytorch`), which
+    keeps ``k*k`` shifted copies of the keys and values for the backward. ``natten``
+    0.14.6 (the official pin) does not build against current torch, and
+    natten >= 0.20 has no relative position bias.
     """
 
     def __init__(self, dim: int, num_heads: int, kernel: int = 7) -> None:
@@ -181,41 +186,50 @@ class NeighborhoodAttention(nn.Module):
         trunc_normal_(self.rpb, std=0.02, mean=0., a=-2., b=2.)
         self.proj = nn.Linear(dim, dim)
 
-    def _shifted(self, t: Tensor, a: int, b: int) -> Tensor:
-        """(N, hc, H, W) -> (N, hc, H, W): for every query, its key at window slot (a, b).
-
-        The window of query row i starts at ``clamp(i - k//2, 0, H - k)``
-        (:func:`neighbourhood_starts`), so slot a of rows k//2 .. H-1-k//2 is the
-        slice ``a .. a + H - k``, and the rows nearer a border repeat the first or
-        last of it: a replicate pad by k//2."""
-        k = self.kernel
-        H, W = t.shape[2:]
-        return F.pad(t[:, :, a:a + H - k + 1, b:b + W - k + 1], (k // 2, ) * 4, mode='replicate')
-
     def forward(self, x: Tensor) -> Tensor:
         B, C, H0, W0 = x.shape
         k, nh = self.kernel, self.num_heads
         x = x.permute(0, 2, 3, 1)
         x = F.pad(x, (0, 0, 0, max(0, k - W0), 0, max(0, k - H0)))
         H, W = x.shape[1:3]
-        qkv = self.qkv(x).view(B, H, W, 3, nh, C // nh).permute(3, 0, 4, 5, 1, 2)
-        q, key, v = (t.reshape(B * nh, C // nh, H, W) for t in qkv)
-        q = q * self.scale
+        qkv = self.qkv(x).view(B, H, W, 3, nh, C // nh).permute(3, 0, 4, 1, 2, 5)
+        q, key, v = (t.reshape(B * nh, H, W, C // nh) for t in qkv)  # channel-last maps
         rows = neighbourhood_starts(H, k, x.device)  # (H,) first key row of each query row
         cols = neighbourhood_starts(W, k, x.device)
         # bias of window slot (a, b) for query (i, j): rpb[k-1 + rows[i]+a-i, k-1 + cols[j]+b-j]
         ar = torch.arange(k, device=x.device)
-        rel_y = (rows - torch.arange(H, device=x.device) + k - 1)[None] + ar[:, None]  # k, H
-        rel_x = (cols - torch.arange(W, device=x.device) + k - 1)[None] + ar[:, None]  # k, W
-        bias = self.rpb[:, rel_y[:, None, :, None], rel_x[None, :, None, :]]  # heads, k, k, H, W
-        # one window slot at a time: memory of one key map, not k*k of them
-        logits = torch.stack([(q * self._shifted(key, a, b)).sum(1) for a in range(k)
-                              for b in range(k)], 1)  # B*heads, k*k, H, W
-        attn = (logits.view(B, nh, k * k, H, W) + bias.flatten(1, 2)).softmax(2)
-        attn = attn.view(B * nh, k * k, 1, H, W)
-        out = sum(attn[:, a * k + b] * self._shifted(v, a, b) for a in range(k) for b in range(k))
-        out = out.view(B, C, H, W)[:, :, :H0, :W0].permute(0, 2, 3, 1)
-        return self.proj(out).permute(0, 3, 1, 2)
+        rel_y = (rows - torch.arange(H, device=x.device) + k - 1)[:, None] + ar  # H, k
+        rel_x = (cols - torch.arange(W, device=x.device) + k - 1)[:, None] + ar  # W, k
+        bias = self.rpb[:, rel_y[:, None, :, None], rel_x[None, :, None, :]]  # heads, H, W, k, k
+        use_kernel = NA_KERNEL_AVAILABLE and not x.is_cuda
+        qk, av = (neighborhood_qk, neighborhood_av) if use_kernel else self._products_pytorch()
+        logits = qk(q * self.scale, key, k).view(B, nh, H, W, k * k)
+        attn = (logits + bias.flatten(3)).softmax(-1).view(B * nh, H, W, k * k)
+        out = av(attn, v, k).view(B, nh, H, W, C // nh)[:, :, :H0, :W0]
+        return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H0, W0, C)).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _products_pytorch():
+        """The kernels' two products in PyTorch, one window slot at a time."""
+
+        def shifted(t: Tensor, a: int, b: int, k: int) -> Tensor:
+            """(N, H, W, c): every query's key at window slot (a, b). The window of row i
+            starts at ``clamp(i - k//2, 0, H - k)``, so slot a of rows k//2 .. H-1-k//2
+            is the slice ``a .. a + H - k`` and the rows nearer a border repeat its
+            first or last row: a replicate pad by k//2."""
+            H, W = t.shape[1:3]
+            t = t[:, a:a + H - k + 1, b:b + W - k + 1].permute(0, 3, 1, 2)
+            return F.pad(t, (k // 2, ) * 4, mode='replicate').permute(0, 2, 3, 1)
+
+        def qk(q: Tensor, key: Tensor, k: int) -> Tensor:
+            return torch.stack([(q * shifted(key, a, b, k)).sum(-1) for a in range(k)
+                                for b in range(k)], -1)
+
+        def av(attn: Tensor, v: Tensor, k: int) -> Tensor:
+            return sum(attn[..., a * k + b, None] * shifted(v, a, b, k) for a in range(k)
+                       for b in range(k))
+
+        return qk, av
 
 
 # -------------------------------------------------- deformable attention

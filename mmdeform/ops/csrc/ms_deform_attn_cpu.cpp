@@ -11,6 +11,7 @@
 #include <string>
 
 #include "ms_deform_attn_args.h"
+#include "neighborhood_attn.h"
 
 namespace mmdeform::msda {
 namespace {
@@ -163,7 +164,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& v
 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "mmdeform: multi-scale deformable attention on the CPU";
+  m.doc() = "mmdeform: multi-scale deformable attention and neighbourhood attention on the CPU";
   m.def("forward", &mmdeform::msda::forward, "forward (value, spatial_shapes, level_start_index, "
         "sampling_locations, attention_weights) -> (B, Nq, M*D)");
   m.def("backward", &mmdeform::msda::backward, "backward (grad_output, value, spatial_shapes, "
@@ -171,4 +172,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_sampling_locations, grad_attention_weights)");
   m.def("isa", &mmdeform::msda::current_isa, "the kernels in use: avx2 or default");
   m.def("set_isa", &mmdeform::msda::set_isa, "auto | avx2 | default");
+  m.def("na_qk_forward", &mmdeform::na::qk_forward, "(q, k, kernel) -> logits (N, H, W, k*k)");
+  m.def("na_qk_backward", &mmdeform::na::qk_backward, "(grad_logits, q, k, kernel) -> (dq, dk)");
+  m.def("na_av_forward", &mmdeform::na::av_forward, "(attn, v, kernel) -> out (N, H, W, C)");
+  m.def("na_av_backward", &mmdeform::na::av_backward, "(grad_out, attn, v, kernel) -> (dattn, dv)");
 }
