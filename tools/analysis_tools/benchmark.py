@@ -2,6 +2,7 @@
 
     python tools/analysis_tools/benchmark.py [--config C] [--mmdet-config M] [--threads 2]
     python tools/analysis_tools/benchmark.py --mode op [--threads 2]
+    python tools/analysis_tools/benchmark.py --mode na [--threads 2]
 
 Both models get the same weights (mmdet's random initialisation, converted), run
 the same inputs, and alternate: each repeat runs one then the other, swapping
@@ -15,7 +16,9 @@ Cases: inference at batch 1 for each --sizes entry, and one training step
 
 ``--mode op`` times the deformable-attention op alone (``mmdeform.ops``, our CPU
 kernel on the CPU) against mmcv's ``multi_scale_deformable_attn_pytorch``, which is
-what mmcv and mmdet run on the CPU: see ``benchmark_op.py``.
+what mmcv and mmdet run on the CPU: see ``benchmark_op.py``. ``--mode na`` times DAT++'s
+neighbourhood-attention block with our CPU kernels against the same block's PyTorch
+path (no library has one to compare with).
 
 Memory is measured before the timing, with glibc's malloc told to give every block
 over 256 KiB its own mapping, so that a run's peak resident set is its own and not
@@ -40,8 +43,9 @@ DEFAULT_PAIR = ('configs/deformable_detr_refine_two_stage.py',
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--mode', choices=['model', 'op'], default='model',
-                   help='model: mmdeform model vs mmdet model; op: the deformable-attention op')
+    p.add_argument('--mode', choices=['model', 'op', 'na'], default='model',
+                   help='model: mmdeform model vs mmdet model; op: the deformable-attention op; '
+                   "na: DAT++'s neighbourhood attention, our kernels vs the PyTorch path")
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
@@ -276,6 +280,9 @@ def main(argv=None):
     if args.mode == 'op':
         from benchmark_op import run_op_benchmark
         return run_op_benchmark(args, run_cases, Case)
+    if args.mode == 'na':
+        from benchmark_op import run_na_benchmark
+        return run_na_benchmark(args, run_cases, Case)
     ours, ref = build_pair(args)
     device_name = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
                    f'CPU ({os.cpu_count()} cores)')

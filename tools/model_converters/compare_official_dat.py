@@ -18,6 +18,7 @@ offsets move the sampling points by pixels), is saved as an official file
 compared. ``--dump-layout FILE`` writes the official key names and shapes.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -120,6 +121,10 @@ def main(argv=None):
     parser.add_argument('--size', type=int, nargs=2, action='append', metavar=('H', 'W'))
     parser.add_argument('--dump-layout', help='write the official state_dict layout as JSON')
     parser.add_argument('--double', action='store_true', help='compare in float64')
+    parser.add_argument('--fp64-reference', action='store_true',
+                        help='also run the official model in float64 and report how far each '
+                        'float32 model is from it (the official code\'s own rounding error '
+                        'next to ours)')
     args = parser.parse_args(argv)
 
     from mmdeform.converters import convert_official_dat
@@ -150,11 +155,18 @@ def main(argv=None):
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
         x = x.to(next(ours.parameters()).dtype)
         pairs = zip(stage_outputs(official, x, True), stage_outputs(ours, x, False))
+        exact = None
+        if args.fp64_reference and not args.double:
+            exact = stage_outputs(copy.deepcopy(official).double(), x.double(), True)
         for i, (a, b) in enumerate(pairs):
             diff = (a - b).abs().max().item()
             worst = max(worst, diff)
             print(f'{args.arch} {size[0]}x{size[1]} stage {i}: {tuple(b.shape)} '
                   f'max |official - ours| = {diff:.3g} (max |official| {a.abs().max().item():.3g})')
+            if exact is not None:
+                print(f'    float64 official as the reference: max |official fp32 - it| = '
+                      f'{(a.double() - exact[i]).abs().max().item():.3g}, max |ours fp32 - it| = '
+                      f'{(b.double() - exact[i]).abs().max().item():.3g}')
     print(f'{args.arch}: largest difference {worst:.3g}')
     return worst
 
