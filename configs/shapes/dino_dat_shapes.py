@@ -6,6 +6,8 @@
 # keys per group at 192 x 192), channels 16/32/64/128, head dim 16. Stages 3 and 4
 # (strides 16, 32) + a stride-2 conv feed the 3-level transformer, as in the ResNet
 # demo. The position-bias tables are sized for the 192 x 192 training images.
+# Measured on 2 cores with the DINO demo's 12-epoch schedule: 0.635 AP after 12 min 47 s
+# of training (0.25 s per iteration; docs/dat.md).
 #   bash tools/demo.sh configs/shapes/dino_dat_shapes.py
 _base_ = './dino_shapes.py'
 

@@ -49,7 +49,7 @@ def test_look_forward_twice_gradient(look_forward_twice):
 
 
 def test_shared_heads_are_one_module_and_the_proposal_head_is_separate():
-    model = _model()
+    model = _model(bbox_head=dict(share_pred_layer=True))  # the official DINO's heads
     head = model.bbox_head
     assert len(head.cls_branches) == 4  # 3 decoder layers + the encoder proposals
     assert head.cls_branches[0] is head.cls_branches[2]
