@@ -9,6 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
+from mmengine.logging import MMLogger
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as MMEngineRunner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
@@ -78,7 +79,20 @@ class Runner(MMEngineRunner):
     * ``model.bbox_head.num_classes`` must equal the number of classes in the
       dataset's metainfo, and training stops at the first non-finite loss
       (:class:`FiniteLossHook`, added to every run).
+    * A second Runner built in the same process within the same second gets its
+      own logger and message hub: mmengine names them after the config and the
+      second the run started, and would hand the second run the first one's
+      (the logger's handlers and log file; a stream handler whose stream has
+      since been closed then prints "--- Logging error ---" tracebacks).
     """
+
+    def build_logger(self, log_level='INFO', log_file=None, **kwargs):
+        if 'name' not in kwargs:
+            base, n = self._experiment_name, 1
+            while MMLogger.check_instance_created(self._experiment_name):
+                n += 1
+                self._experiment_name = f'{base}_{n}'
+        return super().build_logger(log_level, log_file, **kwargs)
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
