@@ -22,36 +22,22 @@ from .ms_deform_attn import _msda_cpu
 NA_KERNEL_AVAILABLE = _msda_cpu is not None and hasattr(_msda_cpu, 'na_qk_forward')
 
 
-class _QK(torch.autograd.Function):
+class _Product(torch.autograd.Function):
+    """One of the two products, ``'qk'`` or ``'av'``: ``na_{name}_forward(a, b, kernel)``,
+    and ``na_{name}_backward(grad, a, b, kernel) -> (grad_a, grad_b)``."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, kernel: int) -> Tensor:
-        ctx.save_for_backward(q, k)
-        ctx.kernel = kernel
-        return _msda_cpu.na_qk_forward(q, k, kernel)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_logits: Tensor):
-        grad_q, grad_k = _msda_cpu.na_qk_backward(grad_logits.contiguous(), *ctx.saved_tensors,
-                                                  ctx.kernel)
-        return grad_q, grad_k, None
-
-
-class _AV(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, attn: Tensor, v: Tensor, kernel: int) -> Tensor:
-        ctx.save_for_backward(attn, v)
-        ctx.kernel = kernel
-        return _msda_cpu.na_av_forward(attn, v, kernel)
+    def forward(ctx, name: str, a: Tensor, b: Tensor, kernel: int) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.name, ctx.kernel = name, kernel
+        return getattr(_msda_cpu, f'na_{name}_forward')(a, b, kernel)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        grad_attn, grad_v = _msda_cpu.na_av_backward(grad_out.contiguous(), *ctx.saved_tensors,
-                                                     ctx.kernel)
-        return grad_attn, grad_v, None
+    def backward(ctx, grad: Tensor):
+        grad_a, grad_b = getattr(_msda_cpu, f'na_{ctx.name}_backward')(
+            grad.contiguous(), *ctx.saved_tensors, ctx.kernel)
+        return None, grad_a, grad_b, None
 
 
 def _check(name: str, x: Tensor, kernel: int) -> None:
@@ -70,7 +56,7 @@ def neighborhood_qk(q: Tensor, k: Tensor, kernel: int) -> Tensor:
         raise ValueError(f'neighbourhood attention: k {tuple(k.shape)} must match q '
                          f'{tuple(q.shape)}')
     dtype = torch.promote_types(q.dtype, k.dtype)
-    return _QK.apply(q.to(dtype).contiguous(), k.to(dtype).contiguous(), kernel)
+    return _Product.apply('qk', q.to(dtype).contiguous(), k.to(dtype).contiguous(), kernel)
 
 
 def neighborhood_av(attn: Tensor, v: Tensor, kernel: int) -> Tensor:
@@ -80,4 +66,5 @@ def neighborhood_av(attn: Tensor, v: Tensor, kernel: int) -> Tensor:
         raise ValueError(f'neighbourhood attention: attn must be {(*v.shape[:3], kernel**2)}, '
                          f'got {tuple(attn.shape)}')
     dtype = torch.promote_types(attn.dtype, v.dtype)
-    return _AV.apply(attn.to(dtype).contiguous(), v.to(dtype).contiguous(), kernel)
+    return _Product.apply('av', attn.to(dtype).contiguous(), v.to(dtype).contiguous(),
+                          kernel)

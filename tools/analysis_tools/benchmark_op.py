@@ -67,6 +67,14 @@ def _mmcv(value, shapes, start, loc, weights):
     return multi_scale_deformable_attn_pytorch(value, shapes, loc, weights)
 
 
+def _emit(table: str, args) -> None:
+    """Print the markdown table and, with ``--out``, write it there."""
+    print('\n' + table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table + '\n')
+
+
 def run_op_benchmark(args, run_cases, Case):
     """Rows of (case, our time, mmcv's time, speed-up, extra memory of each)."""
     cases, diffs = [], []
@@ -92,11 +100,7 @@ def run_op_benchmark(args, run_cases, Case):
                      f"{r['mmcv_s'] / r['ours_s']:.1f}x | {r['ours_extra_mib']:.1f} | "
                      f"{r['mmcv_extra_mib']:.1f} | {r['ours_extra_mib'] / r['mmcv_extra_mib']:.3f} | "
                      f'{diff:.1e} |')
-    table = '\n'.join(lines)
-    print('\n' + table)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table + '\n')
+    _emit('\n'.join(lines), args)
     return rows
 
 
@@ -145,9 +149,5 @@ def run_na_benchmark(args, run_cases, Case):
         lines.append(f"| {r['case']} | {1e3 * r['ours_s']:.1f} | {1e3 * r['pytorch_s']:.1f} | "
                      f"{r['pytorch_s'] / r['ours_s']:.1f}x | {r['ours_extra_mib']:.0f} | "
                      f"{r['pytorch_extra_mib']:.0f} | {diff:.1e} |")
-    table = '\n'.join(lines)
-    print('\n' + table)
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write(table + '\n')
+    _emit('\n'.join(lines), args)
     return rows

@@ -169,7 +169,7 @@ class NeighborhoodAttention(nn.Module):
 
     On the CPU the two products around the softmax are our C++ kernels
     (:mod:`mmdeform.ops.neighborhood_attn`); elsewhere, or without the extension,
-    plain PyTorch over the ``k*k`` window slots (:meth:`_products_pytorch`), which
+    plain PyTorch over the ``k*k`` window slots (:func:`neighborhood_qk_pytorch`), which
     keeps ``k*k`` shifted copies of the keys and values for the backward. ``natten``
     0.14.6 (the official pin) does not build against current torch, and
     natten >= 0.20 has no relative position bias.
@@ -202,34 +202,34 @@ class NeighborhoodAttention(nn.Module):
         rel_x = (cols - torch.arange(W, device=x.device) + k - 1)[:, None] + ar  # W, k
         bias = self.rpb[:, rel_y[:, None, :, None], rel_x[None, :, None, :]]  # heads, H, W, k, k
         use_kernel = NA_KERNEL_AVAILABLE and not x.is_cuda
-        qk, av = (neighborhood_qk, neighborhood_av) if use_kernel else self._products_pytorch()
+        qk, av = ((neighborhood_qk, neighborhood_av) if use_kernel else
+                  (neighborhood_qk_pytorch, neighborhood_av_pytorch))
         logits = qk(q * self.scale, key, k).view(B, nh, H, W, k * k)
         attn = (logits + bias.flatten(3)).softmax(-1).view(B * nh, H, W, k * k)
         out = av(attn, v, k).view(B, nh, H, W, C // nh)[:, :, :H0, :W0]
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H0, W0, C)).permute(0, 3, 1, 2)
 
-    @staticmethod
-    def _products_pytorch():
-        """The kernels' two products in PyTorch, one window slot at a time."""
 
-        def shifted(t: Tensor, a: int, b: int, k: int) -> Tensor:
-            """(N, H, W, c): every query's key at window slot (a, b). The window of row i
-            starts at ``clamp(i - k//2, 0, H - k)``, so slot a of rows k//2 .. H-1-k//2
-            is the slice ``a .. a + H - k`` and the rows nearer a border repeat its
-            first or last row: a replicate pad by k//2."""
-            H, W = t.shape[1:3]
-            t = t[:, a:a + H - k + 1, b:b + W - k + 1].permute(0, 3, 1, 2)
-            return F.pad(t, (k // 2, ) * 4, mode='replicate').permute(0, 2, 3, 1)
+def _shifted(t: Tensor, a: int, b: int, k: int) -> Tensor:
+    """(N, H, W, c): every query's key at window slot (a, b). The window of row i starts
+    at ``clamp(i - k//2, 0, H - k)``, so slot a of rows k//2 .. H-1-k//2 is the slice
+    ``a .. a + H - k`` and the rows nearer a border repeat its first or last row: a
+    replicate pad by k//2."""
+    H, W = t.shape[1:3]
+    t = t[:, a:a + H - k + 1, b:b + W - k + 1].permute(0, 3, 1, 2)
+    return F.pad(t, (k // 2, ) * 4, mode='replicate').permute(0, 2, 3, 1)
 
-        def qk(q: Tensor, key: Tensor, k: int) -> Tensor:
-            return torch.stack([(q * shifted(key, a, b, k)).sum(-1) for a in range(k)
-                                for b in range(k)], -1)
 
-        def av(attn: Tensor, v: Tensor, k: int) -> Tensor:
-            return sum(attn[..., a * k + b, None] * shifted(v, a, b, k) for a in range(k)
-                       for b in range(k))
+def neighborhood_qk_pytorch(q: Tensor, key: Tensor, k: int) -> Tensor:
+    """:func:`mmdeform.ops.neighborhood_qk` in PyTorch, one window slot at a time."""
+    return torch.stack([(q * _shifted(key, a, b, k)).sum(-1) for a in range(k)
+                        for b in range(k)], -1)
 
-        return qk, av
+
+def neighborhood_av_pytorch(attn: Tensor, v: Tensor, k: int) -> Tensor:
+    """:func:`mmdeform.ops.neighborhood_av` in PyTorch, one window slot at a time."""
+    return sum(attn[..., a * k + b, None] * _shifted(v, a, b, k) for a in range(k)
+               for b in range(k))
 
 
 # -------------------------------------------------- deformable attention

@@ -66,6 +66,18 @@ inline void for_window(const Shape& s, const T* base, int64_t i, int64_t j, F&& 
   }
 }
 
+// Calls f(query, n, i, j) for every query (i, j) of every map n, query = (n*H + i)*W + j.
+// The forward threads over rows of queries; a backward (per_map) gives each task whole
+// maps, so that its scatter into map n's gradient has no other writer.
+template <typename F>
+void for_each_query(const Shape& s, bool per_map, F&& f) {
+  const int64_t rows = per_map ? s.H : 1;  // rows of queries per task
+  at::parallel_for(0, s.N * s.H / rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin * rows; row < end * rows; ++row)
+      for (int64_t j = 0; j < s.W; ++j) f(row * s.W + j, row / s.H, row % s.H, j);
+  });
+}
+
 }  // namespace
 
 at::Tensor qk_forward(const at::Tensor& q, const at::Tensor& k, int64_t kernel) {
@@ -79,18 +91,12 @@ at::Tensor qk_forward(const at::Tensor& q, const at::Tensor& k, int64_t kernel) 
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k.data_ptr<scalar_t>();
     scalar_t* lp = logits.data_ptr<scalar_t>();
-    at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / s.H, i = row % s.H;
-        const scalar_t* kmap = kp + n * s.H * s.W * s.C;
-        for (int64_t j = 0; j < s.W; ++j) {
-          const scalar_t* query = qp + (row * s.W + j) * s.C;
-          scalar_t* out = lp + (row * s.W + j) * s.K * s.K;
-          for_window(s, kmap, i, j, [&](int64_t slot, const scalar_t* key) {
-            out[slot] = dot(query, key, s.C);
-          });
-        }
-      }
+    for_each_query(s, false, [&](int64_t query, int64_t n, int64_t i, int64_t j) {
+      const scalar_t* qv = qp + query * s.C;
+      scalar_t* out = lp + query * s.K * s.K;
+      for_window(s, kp + n * s.H * s.W * s.C, i, j, [&](int64_t slot, const scalar_t* key) {
+        out[slot] = dot(qv, key, s.C);
+      });
     });
   });
   return logits;
@@ -109,23 +115,15 @@ std::vector<at::Tensor> qk_backward(const at::Tensor& grad_logits, const at::Ten
     const scalar_t* kp = k.data_ptr<scalar_t>();
     scalar_t* gq = grad_q.data_ptr<scalar_t>();
     scalar_t* gk = grad_k.data_ptr<scalar_t>();
-    const int64_t map = s.H * s.W * s.C;
-    at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t i = 0; i < s.H; ++i) {
-          for (int64_t j = 0; j < s.W; ++j) {
-            const int64_t query = (n * s.H + i) * s.W + j;
-            const scalar_t* gl = g + query * s.K * s.K;
-            const scalar_t* qv = qp + query * s.C;
-            scalar_t* gqv = gq + query * s.C;
-            std::fill(gqv, gqv + s.C, scalar_t(0));
-            for_window(s, kp + n * map, i, j, [&](int64_t slot, const scalar_t* key) {
-              axpy(gl[slot], key, gqv, s.C);
-              axpy(gl[slot], qv, gk + (key - kp), s.C);
-            });
-          }
-        }
-      }
+    for_each_query(s, true, [&](int64_t query, int64_t n, int64_t i, int64_t j) {
+      const scalar_t* gl = g + query * s.K * s.K;
+      const scalar_t* qv = qp + query * s.C;
+      scalar_t* gqv = gq + query * s.C;
+      std::fill(gqv, gqv + s.C, scalar_t(0));
+      for_window(s, kp + n * s.H * s.W * s.C, i, j, [&](int64_t slot, const scalar_t* key) {
+        axpy(gl[slot], key, gqv, s.C);
+        axpy(gl[slot], qv, gk + (key - kp), s.C);
+      });
     });
   });
   return {grad_q, grad_k};
@@ -140,19 +138,13 @@ at::Tensor av_forward(const at::Tensor& attn, const at::Tensor& v, int64_t kerne
     const scalar_t* ap = attn.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, s.N * s.H, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / s.H, i = row % s.H;
-        const scalar_t* vmap = vp + n * s.H * s.W * s.C;
-        for (int64_t j = 0; j < s.W; ++j) {
-          const scalar_t* w = ap + (row * s.W + j) * s.K * s.K;
-          scalar_t* o = op + (row * s.W + j) * s.C;
-          std::fill(o, o + s.C, scalar_t(0));
-          for_window(s, vmap, i, j, [&](int64_t slot, const scalar_t* value) {
-            axpy(w[slot], value, o, s.C);
-          });
-        }
-      }
+    for_each_query(s, false, [&](int64_t query, int64_t n, int64_t i, int64_t j) {
+      const scalar_t* w = ap + query * s.K * s.K;
+      scalar_t* o = op + query * s.C;
+      std::fill(o, o + s.C, scalar_t(0));
+      for_window(s, vp + n * s.H * s.W * s.C, i, j, [&](int64_t slot, const scalar_t* value) {
+        axpy(w[slot], value, o, s.C);
+      });
     });
   });
   return out;
@@ -174,22 +166,14 @@ std::vector<at::Tensor> av_backward(const at::Tensor& grad_out, const at::Tensor
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* ga = grad_attn.data_ptr<scalar_t>();
     scalar_t* gv = grad_v.data_ptr<scalar_t>();
-    const int64_t map = s.H * s.W * s.C;
-    at::parallel_for(0, s.N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t i = 0; i < s.H; ++i) {
-          for (int64_t j = 0; j < s.W; ++j) {
-            const int64_t query = (n * s.H + i) * s.W + j;
-            const scalar_t* go = g + query * s.C;
-            const scalar_t* w = ap + query * s.K * s.K;
-            scalar_t* gw = ga + query * s.K * s.K;
-            for_window(s, vp + n * map, i, j, [&](int64_t slot, const scalar_t* value) {
-              gw[slot] = dot(go, value, s.C);
-              axpy(w[slot], go, gv + (value - vp), s.C);
-            });
-          }
-        }
-      }
+    for_each_query(s, true, [&](int64_t query, int64_t n, int64_t i, int64_t j) {
+      const scalar_t* go = g + query * s.C;
+      const scalar_t* w = ap + query * s.K * s.K;
+      scalar_t* gw = ga + query * s.K * s.K;
+      for_window(s, vp + n * s.H * s.W * s.C, i, j, [&](int64_t slot, const scalar_t* value) {
+        gw[slot] = dot(go, value, s.C);
+        axpy(w[slot], go, gv + (value - vp), s.C);
+      });
     });
   });
   return {grad_attn, grad_v};
