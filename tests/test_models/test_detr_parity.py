@@ -1,9 +1,11 @@
 """DETR against mmdet 3.3.0's DETR: same outputs and losses after conversion."""
 import pytest
 import torch
-from helpers import PYTHON, disable_dropout, make_batch, preprocess, run_tool
-from mmdet_reference import (assert_gradients_match, build_mmdet, build_ours, mmdet_config,
-                              perturb)
+from helpers import PYTHON, make_batch, preprocess, run_tool
+from mmdet_reference import (assert_gradients_match, assert_losses_match,
+                             assert_mutation_is_caught, build_mmdet, build_ours, detach_output,
+                             float64_batch, float64_copies, losses_and_backward, mmdet_config,
+                             perturb)
 from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
@@ -40,22 +42,22 @@ def test_eval_outputs_match(detr_pair):
     torch.testing.assert_close(out.all_bbox_preds, ref_box, atol=1e-4, rtol=0)
 
 
-def test_training_losses_match(detr_pair):
-    ref, ours = detr_pair
-    ref.train(), ours.train()
-    disable_dropout(ref), disable_dropout(ours)
+def test_training_losses_and_gradients_match_in_float64(detr_pair):
+    ref, ours = float64_copies(*detr_pair)
+    # mmdet keeps the class weights (1 and bg_cls_weight 0.1) in a float32 tensor, so its
+    # float64 loss would weigh no-object by 0.100000001; give it the config's 0.1
+    ref.bbox_head.loss_cls.class_weight = [1.0] * 80 + [ref.bbox_head.bg_cls_weight]
     inputs, samples = preprocess(ref, *make_batch(boxes_per_image=[4, 2]), training=True)
-    ref_losses = ref(inputs, samples, mode='loss')
-    our_losses = ours(inputs, samples, mode='loss')
-    assert set(our_losses) == set(ref_losses)
+    inputs, samples = float64_batch(inputs, samples)
+    ref_losses = losses_and_backward(ref, inputs, samples)
+    our_losses = losses_and_backward(ours, inputs, samples)
     assert len(our_losses) == 18  # 3 losses x 6 decoder layers
-    for key, value in ref_losses.items():
-        assert our_losses[key].item() == pytest.approx(value.item(), abs=1e-4), key
+    assert_losses_match(ref_losses, our_losses)
     # the same losses could still hide a detach or a wrong branch: compare gradients
-    ref.zero_grad(), ours.zero_grad()
-    sum(ref_losses.values()).backward()
-    sum(our_losses.values()).backward()
-    assert assert_gradients_match(ref, ours) > 200
+    assert len(assert_gradients_match(ref, ours)) > 200
+    # mutation: a detach too many after decoder layer 2
+    assert_mutation_is_caught(ref, ref_losses, ours, inputs, samples,
+                              detach_output(ours.decoder.layers[2]))
 
 
 def test_predictions_match(detr_pair):

@@ -28,14 +28,19 @@ class GroundTruth:
             at least 1; a 0-d tensor, so no host synchronisation is needed.
     """
 
-    def __init__(self, batch_data_samples: SampleList, device: torch.device) -> None:
+    def __init__(self, batch_data_samples: SampleList, like: Tensor) -> None:
+        """``like``: a prediction tensor, whose device the targets take, and its float
+        type if wider than float32 (float64 parity tests; never fp16, where pixel
+        sizes such as 1066 are not representable)."""
+        dtype = torch.promote_types(like.dtype, torch.float32)
         sizes = [s.img_shape[:2] for s in batch_data_samples]
-        self.img_sizes = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32,
-                                      device=device)
+        self.img_sizes = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=dtype,
+                                      device=like.device)
         self.labels = [s.gt_instances.labels for s in batch_data_samples]
         self.boxes = [bbox_xyxy_to_cxcywh(s.gt_instances.bboxes) / self.img_sizes[i]
                       for i, s in enumerate(batch_data_samples)]
-        num_boxes = torch.tensor(float(sum(len(x) for x in self.labels)), device=device)
+        num_boxes = torch.tensor(float(sum(len(x) for x in self.labels)), dtype=dtype,
+                                 device=like.device)
         all_reduce(num_boxes, op='mean')
         self.num_boxes = num_boxes.clamp(min=1)
 
@@ -101,7 +106,7 @@ class DETRHead(BaseModule):
     # ------------------------------------------------------------------- loss
     def loss(self, inputs: HeadInputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         outputs = self(inputs)
-        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores.device)
+        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores)
         return self.loss_by_feat(outputs, gt)
 
     def loss_by_feat(self, outputs: HeadOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
@@ -161,7 +166,8 @@ class DETRHead(BaseModule):
     def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor) -> Tensor:
         """Class-weighted mean cross-entropy, as ``F.cross_entropy(weight=...)`` of
         the official DETR: matched queries weigh 1, the others ``bg_cls_weight``."""
-        num_pos = (labels < self.num_classes).sum()
+        num_pos = (labels < self.num_classes).sum().to(torch.promote_types(cls_scores.dtype,
+                                                                     torch.float32))
         avg_factor = num_pos + (labels.numel() - num_pos) * self.bg_cls_weight
         return self.loss_cls(cls_scores, labels, avg_factor=avg_factor.clamp(min=1))
 

@@ -52,7 +52,7 @@ class DINOHead(DeformableDETRHead):
     # ------------------------------------------------------------------- loss
     def loss(self, inputs: HeadInputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
         outputs = self(inputs)
-        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores.device)
+        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores)
         meta = inputs.dn_meta
         if meta is None:
             return self.loss_by_feat(outputs, gt)

@@ -87,12 +87,15 @@ class CdnQueryGenerator(nn.Module):
     def num_groups(self, max_targets: int) -> int:
         return max(1, self.num_dn_queries // max_targets) if max_targets > 0 else 1
 
-    def draw_noise(self, num_copies: int, device: torch.device) -> NoiseDraws:
-        flip_prob = torch.rand(num_copies, device=device)
+    def draw_noise(self, num_copies: int, boxes: Tensor) -> NoiseDraws:
+        """Label flips in float32, box noise in ``boxes``' dtype and device (as mmdet's
+        and the official generators draw them, whatever the default dtype)."""
+        device = boxes.device
+        flip_prob = torch.rand(num_copies, dtype=torch.float32, device=device)
         num_flipped = int((flip_prob < self.label_noise_scale * 0.5).sum())
         random_labels = torch.randint(0, self.num_classes, (num_flipped, ), device=device)
         box_sign = torch.randint(0, 2, (num_copies, 4), dtype=torch.float32, device=device) * 2 - 1
-        box_magnitude = torch.rand(num_copies, 4, device=device)
+        box_magnitude = torch.rand(num_copies, 4, dtype=boxes.dtype, device=device)
         return NoiseDraws(flip_prob, random_labels, box_sign, box_magnitude)
 
     def forward(self, batch_data_samples: SampleList) -> DenoisingQueries:
@@ -107,7 +110,7 @@ class CdnQueryGenerator(nn.Module):
         labels, boxes, image_of = torch.cat(labels), torch.cat(boxes), torch.cat(image_of)
         max_targets = max(len(keep) for keep in gt_indices)
         num_groups = self.num_groups(max_targets)
-        noise = self.draw_noise(2 * num_groups * len(labels), device)
+        noise = self.draw_noise(2 * num_groups * len(labels), boxes)
         label_query = self.label_embedding(self._noisy_labels(labels, num_groups, noise))
         box_query = self._noisy_boxes(boxes, num_groups, noise)
         label_query, box_query = self._collate(label_query, box_query, image_of, gt_indices,

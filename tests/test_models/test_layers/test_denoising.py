@@ -62,7 +62,7 @@ def test_injected_noise_gives_hand_worked_queries():
     (half-size = scale * (w, h) / 2 = (0.2, 0.1) normalised), and the negative's
     label is flipped to 7."""
     gen = _generator()
-    gen.draw_noise = lambda n, device: NoiseDraws(
+    gen.draw_noise = lambda n, boxes: NoiseDraws(
         flip_prob=torch.tensor([0.9, 0.1]), random_labels=torch.tensor([7]),
         box_sign=torch.tensor([[1.0] * 4, [-1.0] * 4]),
         box_magnitude=torch.full((2, 4), 0.5))
