@@ -54,10 +54,15 @@ def test_dc5_first_block_of_the_dilated_stage_is_not_dilated():
 
 
 def test_dino_layerwise_heads_count_is_mmdets_plus_the_neck_biases():
-    """mmdet 3.3.0's DINO at 91 classes: 47,671,897 without the backbone norms (its
-    label embedding has num_classes rows); we add the 4 x 256 input-projection biases."""
+    """mmdet 3.3.0's DINO, built from its own config at 91 classes and counted the same way
+    (without the backbone norms): ours has the same parameters, plus the 4 x 256 biases of
+    the input projections, which mmdet's ChannelMapper convs lack."""
+    from mmdet_reference import build_mmdet, mmdet_config
+    mmdet_cfg = mmdet_config('dino/dino-4scale_r50_8xb2-12e_coco.py')
+    mmdet_cfg.model.bbox_head.num_classes = 91
+    expected = count_parameters(build_mmdet(mmdet_cfg), exclude_backbone_norms=True) + 4 * 256
     cfg = Config.fromfile('configs/dino_4scale_layerwise_heads.py')
     cfg.model.backbone.init_cfg = None
     cfg.model.bbox_head.num_classes = 91
     cfg.model.dn_cfg.num_label_embeddings = 91
-    assert count_parameters(build_ours(cfg), exclude_backbone_norms=True) == 47_671_897 + 1024
+    assert count_parameters(build_ours(cfg), exclude_backbone_norms=True) == expected
