@@ -6,10 +6,15 @@
 # * torch 2.14.1 / torchvision 0.29.1, mmengine 0.10.7, mmdet 3.3.0, scipy, pycocotools
 # * mmcv 2.1.0 with its compiled ops, built from the PyPI sdist (PyPI has no wheel for
 #   torch 2.14): setuptools<81, no build isolation, -std=c++17 raised to -std=c++20 for
-#   torch 2.14's headers, no debug info. The wheel is cached in $MMDEFORM_CACHE
-#   (default ~/.cache/mmdeform) and reused by every later install on this machine.
-# * mmdeform itself, editable, which compiles its CPU kernel of deformable attention
-#   (mmdeform/ops/csrc, about a minute on 2 cores); the script checks that it loads.
+#   torch 2.14's headers, no debug info. The build is CPU-only on every machine: the GPU
+#   is hidden from it, so it never calls a CUDA compiler. The wheel is cached in
+#   $MMDEFORM_CACHE/wheels/mmcv-2.1.0-torch<version>-cpu/ (default ~/.cache/mmdeform),
+#   a directory that names its torch and says CPU, and reused by every later install.
+#   An mmcv 2.1.0 that already imports with its compiled ops (a user's own CUDA build,
+#   say) is kept as it is.
+# * mmdeform itself, editable, which compiles its CPU kernels of deformable and
+#   neighbourhood attention (mmdeform/ops/csrc, about a minute on 2 cores); the script
+#   fails unless both load.
 #
 # A second run compares a stamp of the requirement files and returns in about a second.
 set -euo pipefail
@@ -19,6 +24,8 @@ VENV="${MMDEFORM_VENV:-$ROOT/.venv}"
 CACHE="${MMDEFORM_CACHE:-$HOME/.cache/mmdeform}"
 PYTHON="${PYTHON:-python3}"
 MMCV_VERSION=2.1.0
+TORCH_VERSION=2.14.1
+WHEELS="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cpu"
 STAMP="$VENV/.mmdeform-install-stamp"
 
 log() { printf '[install] %s\n' "$*" >&2; }
@@ -45,7 +52,7 @@ PIP_INSTALL=("${PIP[@]}" install -q -c "$ROOT/requirements/constraints.txt")
 "${PIP_INSTALL[@]}" -r "$ROOT/requirements/build.txt"
 log "installing torch and the pinned runtime requirements"
 # mmdet's wheel depends on mmcv only at import time, so pip does not pull a binary mmcv here.
-"${PIP_INSTALL[@]}" torch==2.14.1 torchvision==0.29.1
+"${PIP_INSTALL[@]}" torch==$TORCH_VERSION torchvision==0.29.1
 "${PIP_INSTALL[@]}" mmengine==0.10.7
 
 mmcv_ok() {
@@ -59,7 +66,7 @@ EOF
 
 build_mmcv_wheel() {
     local work="$CACHE/build" sdist
-    mkdir -p "$work" "$CACHE/wheels"
+    mkdir -p "$work" "$WHEELS"
     sdist="$(ls "$CACHE"/sdist/mmcv-$MMCV_VERSION.tar.gz 2>/dev/null || true)"
     if [[ -z "$sdist" ]]; then
         log "downloading the mmcv $MMCV_VERSION sdist"
@@ -71,22 +78,25 @@ build_mmcv_wheel() {
     tar -xzf "$sdist" -C "$work"
     # torch 2.14's headers use C++20 features; the sdist hard-codes C++17.
     sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-$MMCV_VERSION/setup.py"
-    log "building mmcv $MMCV_VERSION with ops (about 8 minutes on 2 cores)"
+    log "building mmcv $MMCV_VERSION with CPU ops (about 8 minutes on 2 cores)"
+    # mmcv's setup.py builds CUDA ops whenever torch sees a GPU (or FORCE_CUDA=1), and then
+    # needs nvcc, which torch's PyPI wheels do not bring: hide the GPU from the build.
     (
         cd "$work/mmcv-$MMCV_VERSION"
-        env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        env MMCV_WITH_OPS=1 FORCE_CUDA=0 FORCE_MLU=0 FORCE_NPU=0 CUDA_VISIBLE_DEVICES= \
+            MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             CFLAGS="-O3 -g0 -DNDEBUG -fwrapv" CXXFLAGS="-O3 -g0 -DNDEBUG -fwrapv" \
             "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$CACHE/wheels.tmp" .
     )
-    mv "$CACHE"/wheels.tmp/mmcv-$MMCV_VERSION-*.whl "$CACHE/wheels/"
+    mv "$CACHE"/wheels.tmp/mmcv-$MMCV_VERSION-*.whl "$WHEELS/"
     rm -rf "$CACHE/wheels.tmp" "$work/mmcv-$MMCV_VERSION"
 }
 
 if ! mmcv_ok; then
-    wheel="$(ls "$CACHE"/wheels/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)"
+    wheel="$(ls "$WHEELS"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)"
     if [[ -z "$wheel" ]]; then
         build_mmcv_wheel
-        wheel="$(ls "$CACHE"/wheels/mmcv-$MMCV_VERSION-*.whl | head -n1)"
+        wheel="$(ls "$WHEELS"/mmcv-$MMCV_VERSION-*.whl | head -n1)"
     else
         log "reusing the cached mmcv wheel $wheel"
     fi
@@ -97,16 +107,19 @@ fi
 
 log "installing mmdet and the remaining requirements"
 "${PIP_INSTALL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-log "installing mmdeform (editable) and compiling its CPU kernel (about a minute)"
+log "installing mmdeform (editable) and compiling its CPU kernels (about a minute)"
 "${PIP_INSTALL[@]}" --no-deps --no-build-isolation -e "$ROOT"
 "$PY" - <<'EOF' >&2
 import sys
 import mmdeform
-from mmdeform.ops import CPU_KERNEL_AVAILABLE, cpu_kernel_isa
+from mmdeform.ops import CPU_KERNEL_AVAILABLE, NA_KERNEL_AVAILABLE, cpu_kernel_isa
 if not CPU_KERNEL_AVAILABLE:
-    sys.exit('[install] the CPU kernel of deformable attention (mmdeform/ops/csrc) did not '
-             'build: see the compiler output of pip above')
-print('[install] mmdeform', mmdeform.__version__, 'ready; CPU deformable-attention kernel:',
-      cpu_kernel_isa())
+    sys.exit('[install] the CPU kernel of deformable attention (mmdeform/ops/_msda_cpu) does '
+             'not load: see the compiler output of pip above')
+if not NA_KERNEL_AVAILABLE:
+    sys.exit('[install] mmdeform/ops/_msda_cpu has no neighbourhood-attention kernel '
+             '(na_qk_forward): a stale build? Remove mmdeform/ops/_msda_cpu*.so and rerun')
+print('[install] mmdeform', mmdeform.__version__, 'ready; CPU kernels: deformable attention',
+      f'({cpu_kernel_isa()}), neighbourhood attention')
 EOF
 stamp_value > "$STAMP"
