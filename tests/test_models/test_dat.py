@@ -1,26 +1,43 @@
 """The DAT / DAT++ backbone: official parameter counts, any input size, freezing, checkpointing."""
+import json
 import math
+import os
 
 import pytest
 import torch
+from helpers import ROOT
 
 from mmdeform.models.backbones import DAT
-from mmdeform.models.backbones.dat import stage_sizes
+from mmdeform.models.backbones.dat import ARCH_SETTINGS, stage_sizes
 
 
-# the official detection backbone (DAT-Detection): the ImageNet model without
-# cls_norm / cls_head, plus a LayerNorm on each of the four outputs
-@pytest.mark.parametrize('arch, expected', [
-    ('dat_tiny', 27_551_482),
-    ('dat_small', 48_932_746),
-    ('dat_base', 86_858_424),
-    ('dat_pp_tiny', 23_450_772),
-    ('dat_pp_small', 52_359_710),
-    ('dat_pp_base', 92_667_432),
-])
-def test_parameter_counts_equal_the_official_detection_backbones(arch, expected):
+LAYOUTS = os.path.join(ROOT, 'tests', 'data', 'official_layouts')
+BUFFERS = ('relative_position_index', 'attn_mask')
+
+
+def official_detection_backbone(arch):
+    """Parameter names and shapes of the official detection backbone (DAT-Detection):
+    the ImageNet model in tests/data/official_layouts (read off the official code)
+    without cls_norm / cls_head, plus a LayerNorm on each of the four outputs."""
+    with open(os.path.join(LAYOUTS, f'{arch}.json')) as f:
+        layout = json.load(f)
+    params = {k: tuple(v) for k, v in layout['tensors'].items() if not k.endswith(BUFFERS)}
+    assert sum(math.prod(s) for s in params.values()) == layout['num_parameters']
+    backbone = {k: s for k, s in params.items() if not k.startswith(('cls_norm.', 'cls_head.'))}
+    for i in range(4):
+        for name in ('weight', 'bias'):
+            backbone[f'norms.{i}.norm.{name}'] = params[f'stages.{i}.layer_norms.0.norm.weight']
+    return backbone
+
+
+# 27,551,482 / 48,932,746 / 86,858,424 (DAT-T/S/B), 23,450,772 / 52,359,710 / 92,667,432 (++)
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_parameters_equal_the_official_detection_backbones(arch):
+    expected = official_detection_backbone(arch)
     model = DAT(arch, out_indices=(0, 1, 2, 3))
-    assert sum(p.numel() for p in model.parameters()) == expected
+    assert {k: tuple(p.shape) for k, p in model.named_parameters()} == expected
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(math.prod(s) for s in expected.values())
 
 
 @pytest.mark.parametrize('arch', ['dat_tiny', 'dat_pp_tiny'])

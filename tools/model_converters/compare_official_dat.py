@@ -15,17 +15,31 @@ offsets move the sampling points by pixels), is saved as an official file
 (``{'model': ..., 'config': <non-tensor>}``), converted with
 ``tools/model_converters/official_dat.py``'s code, loaded strictly into
 ``DAT(arch)``, and both models' stage outputs (before the output norms) are
-compared. ``--dump-layout FILE`` writes the official key names and shapes.
+compared.
+
+Instead of comparing, ``--dump-layout FILE`` writes the official key names and
+shapes (``tests/data/official_layouts/*.json``), and ``--write-fixture FILE``
+gives the official model the weights that :func:`seeded_official_state`
+derives from the names and shapes in ``tests/data/official_layouts/ARCH.json``
+alone, runs :func:`seeded_input` in float64 and adds the stage outputs'
+summaries (:func:`summarise`) under ``--arch`` to FILE; the test
+``tests/test_converters/test_official_dat_outputs.py`` rebuilds the same
+weights from that layout, without the official code. ``--set KEY=VALUE``
+changes a constructor argument of the config (a smaller model for the test).
 """
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import tempfile
 import types
+from typing import Dict, List, Sequence
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _natten_stand_in() -> types.ModuleType:
@@ -72,7 +86,9 @@ def _natten_stand_in() -> types.ModuleType:
     return module
 
 
-def build_official(repo: str, config: str):
+def build_official(repo: str, config: str, overrides: Sequence[str] = ()):
+    """The official ``models.dat.DAT`` of ``config``, each ``key=value`` (YAML) of
+    ``overrides`` replacing that constructor argument (a smaller model, say)."""
     try:
         import natten.functional  # noqa: F401
     except ImportError:
@@ -83,6 +99,11 @@ def build_official(repo: str, config: str):
     from models.dat import DAT as OfficialDAT
     with open(os.path.join(repo, config) if not os.path.isabs(config) else config) as f:
         kwargs = yaml.safe_load(f)['MODEL']['DAT']
+    for item in overrides:
+        key, value = item.split('=', 1)
+        if key not in kwargs:
+            raise KeyError(f'--set {item}: {config} has no argument {key!r}')
+        kwargs[key] = yaml.safe_load(value)
     kwargs['drop_path_rate'] = 0.0
     return OfficialDAT(**kwargs).eval()
 
@@ -102,6 +123,62 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> None:
                 p.mul_(1 + 0.1 * noise)
 
 
+# buffers in the official state_dict: recomputed by mmdeform, dropped by the converter
+BUFFERS = ('relative_position_index', 'attn_mask')
+TABLES = ('rpe_table', 'rpb', 'relative_position_bias_table')
+
+
+def seeded_official_state(layout: Dict[str, Sequence[int]], seed: int = 0):
+    """float64 weights for every parameter in ``layout`` (name -> shape), from the
+    names and shapes only: one generator, names in sorted order, uniform noise.
+
+    Weights scale the variance by gain^2 (fan-in scaled uniform noise; gain 0.7,
+    and 0.3 for DAT++'s local perception units ``x + DWConv(x)``, which would
+    otherwise double the residual stream in every block); norms are 1 +- 0.2,
+    biases +- 0.1 and position-bias tables +- 0.5, so every term moves the
+    outputs, which stay within tens (stage outputs up to 25 for DAT-T++).
+    """
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(layout):
+        if name.endswith(BUFFERS):
+            continue
+        shape = list(layout[name])
+        u = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1  # variance 1/3
+        if name.endswith(TABLES):
+            state[name] = 0.5 * u
+        elif name.endswith('norm.weight'):
+            state[name] = 1 + 0.2 * u
+        elif len(shape) == 1:
+            state[name] = 0.1 * u
+        else:
+            gain = 0.3 if 'local_perception_units' in name else 0.7
+            state[name] = gain * (3 / math.prod(shape[1:])) ** 0.5 * u
+    return state
+
+
+def seeded_input(height: int, width: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, height, width, generator=g, dtype=torch.float64) * 2 - 1
+
+
+def sample_indices(shape: Sequence[int], count: int = 512) -> torch.Tensor:
+    """``count`` flat indices spread evenly over a tensor of ``shape`` (all if fewer)."""
+    numel = math.prod(shape)
+    return torch.linspace(0, numel - 1, min(count, numel), dtype=torch.float64).round().long()
+
+
+def summarise(outputs: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Per stage output (1, C, H, W): the map averaged over channels (H, W), the
+    channels averaged over the map (C), and :func:`sample_indices` of it."""
+    summary = {}
+    for i, out in enumerate(outputs):
+        summary[f'stage{i}.channel_mean'] = out[0].mean(0)
+        summary[f'stage{i}.spatial_mean'] = out[0].mean((1, 2))
+        summary[f'stage{i}.samples'] = out.flatten()[sample_indices(out.shape)]
+    return summary
+
+
 def stage_outputs(model: torch.nn.Module, x: torch.Tensor, official: bool):
     outs = []
     hooks = [s.register_forward_hook(
@@ -113,13 +190,75 @@ def stage_outputs(model: torch.nn.Module, x: torch.Tensor, official: bool):
     return outs
 
 
+def official_layout(model: torch.nn.Module) -> Dict[str, List[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def describe_source(args) -> str:
+    overrides = f' with {" ".join(args.set)}' if args.set else ''
+    return f'LeapLabTHU/DAT@{args.commit} {args.config}{overrides}'
+
+
+def dump_layout(official: torch.nn.Module, args) -> None:
+    with open(args.dump_layout, 'w') as f:
+        json.dump(dict(source=f'{describe_source(args)} '
+                       '(models.dat.DAT state_dict, built on the CPU)', arch=args.arch,
+                       num_parameters=sum(p.numel() for p in official.parameters()),
+                       tensors=official_layout(official)), f, indent=1)
+
+
+def write_fixture(official: torch.nn.Module, args) -> None:
+    """Run the official model with :func:`seeded_official_state` on :func:`seeded_input`
+    in float64 and store the summaries of its stage outputs under ``args.arch``."""
+    import einops
+    import timm
+    layout_file = os.path.join(ROOT, 'tests', 'data', 'official_layouts', f'{args.arch}.json')
+    with open(layout_file) as f:
+        layout = json.load(f)['tensors']
+    if official_layout(official) != layout:
+        raise ValueError(f'{args.config} at {args.repo} does not build the layout in {layout_file}')
+    if len(args.size or []) != 1:
+        raise ValueError('--write-fixture takes exactly one --size H W')
+    official = official.double()
+    missing, unexpected = official.load_state_dict(seeded_official_state(layout), strict=False)
+    assert not unexpected and all(k.endswith(BUFFERS) for k in missing), (missing, unexpected)
+    size = args.size[0]
+    # v1's deformable blocks make their offset range [1/Hk, 1/Wk] with torch.tensor, in
+    # the default dtype: float32 would round 1/14 and move the outputs by 6e-9
+    torch.set_default_dtype(torch.float64)
+    try:
+        outputs = stage_outputs(official, seeded_input(*size), True)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    natten = sys.modules['natten']
+    entry = dict(summarise(outputs), input_size=torch.tensor(size),
+                 source=describe_source(args),
+                 versions=f'torch {torch.__version__}, timm {timm.__version__}, '
+                 f'einops {einops.__version__}, natten '
+                 f'{getattr(natten, "__version__", "stand-in of this script")}')
+    fixture = torch.load(args.write_fixture, weights_only=True) \
+        if os.path.exists(args.write_fixture) else {}
+    fixture[args.arch] = entry
+    torch.save(fixture, args.write_fixture)
+    for i, out in enumerate(outputs):
+        print(f'{args.arch} stage {i}: {tuple(out.shape)} max |official| '
+              f'{out.abs().max().item():.3g}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--repo', required=True, help='checkout of LeapLabTHU/DAT')
     parser.add_argument('--config', required=True, help='its yaml, e.g. configs/dat_tiny.yaml')
-    parser.add_argument('--arch', required=True, help='mmdeform arch, e.g. dat_pp_tiny')
+    parser.add_argument('--arch', required=True, help='mmdeform arch, e.g. dat_pp_tiny (with '
+                        '--write-fixture: the name of the layout and of the entry)')
     parser.add_argument('--size', type=int, nargs=2, action='append', metavar=('H', 'W'))
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=YAML',
+                        help='replace an argument of the config, e.g. "depths=[2,2,2,2]"')
+    parser.add_argument('--commit', default='unknown',
+                        help='the commit of --repo, recorded in what the two options below write')
     parser.add_argument('--dump-layout', help='write the official state_dict layout as JSON')
+    parser.add_argument('--write-fixture', help='add the seeded float64 outputs of the official '
+                        'model to this .pt file (see the module docstring) and stop')
     parser.add_argument('--double', action='store_true', help='compare in float64')
     parser.add_argument('--fp64-reference', action='store_true',
                         help='also run the official model in float64 and report how far each '
@@ -127,20 +266,22 @@ def main(argv=None):
                         'next to ours)')
     args = parser.parse_args(argv)
 
+    official = build_official(args.repo, args.config, args.set)
+    if args.dump_layout:
+        dump_layout(official, args)
+    if args.write_fixture:
+        write_fixture(official, args)
+    if args.dump_layout or args.write_fixture:
+        return None
+
     from mmdeform.converters import convert_official_dat
     from mmdeform.converters.common import run_converter
     from mmdeform.models.backbones import DAT
     from mmdeform.utils import register_all_modules
     register_all_modules()
 
-    official = build_official(args.repo, args.config)
     randomise(official)
     state = official.state_dict()
-    if args.dump_layout:
-        with open(args.dump_layout, 'w') as f:
-            json.dump(dict(source=f'LeapLabTHU/DAT {args.config}', arch=args.arch,
-                           num_parameters=sum(p.numel() for p in official.parameters()),
-                           tensors={k: list(v.shape) for k, v in state.items()}), f, indent=1)
     ours = DAT(args.arch, drop_path_rate=0.0).eval()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, 'official.pth'), os.path.join(tmp, 'converted.pth')
