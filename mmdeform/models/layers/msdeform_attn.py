@@ -83,9 +83,10 @@ class MSDeformAttn(nn.Module):
         # large as the value, and separate divide / multiply / add passes over it cost
         # more than the deformable attention itself on the CPU.
         if reference_points.shape[-1] == 2:
-            cell = 1.0 / torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+            cell = 1.0 / torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]],
+                                     -1).to(offsets.dtype)
             locations = torch.addcmul(reference_points[:, :, None, :, None, :], offsets,
-                                      cell.to(offsets.dtype)[None, None, None, :, None, :])
+                                      cell[None, None, None, :, None, :])
         elif reference_points.shape[-1] == 4:
             locations = torch.addcmul(reference_points[:, :, None, :, None, :2], offsets,
                                       reference_points[:, :, None, :, None, 2:], value=0.5 / k)
