@@ -1,4 +1,5 @@
 """Shared builders for the tests: batches with padding, models with dropout off."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,10 +50,18 @@ def disable_dropout(model):
     return model
 
 
+# The environment of tools/dist_train.sh in the tests: no PORT, so that torchrun picks a free
+# port itself (a port the test picked could be taken by another process before torchrun binds
+# it); one thread per process, as torchrun would set.
+DIST_ENV = dict(PORT=None, OMP_NUM_THREADS='1', PYTHON=PYTHON)
+
+
 def run_tool(args, timeout=900, env=None, check=True):
-    """Run a command from the repository root; return the CompletedProcess."""
+    """Run a command from the repository root; return the CompletedProcess. ``env`` adds to
+    the environment; a value of None removes the variable."""
     full_env = dict(os.environ, PYTHONPATH=ROOT)
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
     if check and proc.returncode != 0:
@@ -90,6 +99,25 @@ def load_tool(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread, as the tools run in subprocesses (OMP_NUM_THREADS=1): the
+    tests' models are tiny, and on a busy 2-core machine two threads made a training run
+    several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_in_process(argv):
+    """``tools/train.py``'s main in this process, on one thread."""
+    with one_thread():
+        return load_tool('tools/train.py').main([str(a) for a in argv])
 
 
 def tool_error(path, argv, capsys):

@@ -1,53 +1,50 @@
 """Numerics under bad luck: non-finite losses stop training with a clear message and an
 intact last checkpoint; more boxes than queries train; images below the coarsest stride."""
 import itertools
+import os
 import re
 
 import pytest
+import soak_probe  # noqa: F401  registers BreakAtIteration
 import torch
-from helpers import disable_dropout, load_tool, make_batch, preprocess, shapes_options
+from helpers import (DIST_ENV, ROOT, disable_dropout, load_tool, make_batch, one_thread,
+                     preprocess, run_tool, shapes_options)
 from mmdet_reference import build_ours
 from mmengine.config import Config
-from mmengine.hooks import Hook
 
 from mmdeform.engine import NonFiniteLossError, Runner
 from mmdeform.models.task_modules import HungarianAssigner
-from mmdeform.registry import HOOKS
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
-SOAK = 'tests/data/configs/detr_shapes_soak.py'  # 64 px, 4 iterations and a checkpoint per epoch
+SOAK = 'tests/data/configs/detr_shapes_soak.py'  # 4 iterations per epoch
 COSTS = [dict(type='ClassificationCost', weight=1.0), dict(type='BBoxL1Cost', weight=5.0),
          dict(type='IoUCost', weight=2.0)]
 
 
-@HOOKS.register_module(force=True)
-class _BreakAtIteration(Hook):
-    """Test-only fault: before iteration ``at`` (1-based) and after, make the loss (``how='loss'``:
-    an infinite L1 weight) or the weights (``how='weights'``: NaN queries) non-finite."""
-
-    def __init__(self, at, how):
-        self.at, self.how = at, how
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None):
-        if runner.iter + 1 < self.at:
-            return
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        if self.how == 'loss':
-            model.bbox_head.loss_bbox.loss_weight = float('inf')
-        else:
-            with torch.no_grad():
-                model.query_embedding.weight.fill_(float('nan'))
-
-
 def _train_with_fault(shapes_root, work_dir, how):
     train = load_tool('tools/train.py')
+    # a checkpoint after every iteration: the one of the faulted step must not be written
     args = train.parse_args([SOAK, '--work-dir', str(work_dir), '--cfg-options',
-                             *shapes_options(shapes_root), 'train_dataloader.num_workers=0'])
+                             *shapes_options(shapes_root), 'train_dataloader.num_workers=0',
+                             'default_hooks.checkpoint.by_epoch=False'])
     cfg = train.build_config(args)
-    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='_BreakAtIteration', at=6, how=how)]
-    with pytest.raises(NonFiniteLossError) as info:
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='BreakAtIteration', at=6, how=how)]
+    with one_thread(), pytest.raises(NonFiniteLossError) as info:
         Runner.from_cfg(cfg).train()
     return str(info.value)
+
+
+def _last_good_checkpoint(work_dir, iteration):
+    """The checkpoint of the faulted ``iteration`` is absent; that of the one before is the
+    last one, complete, with finite weights."""
+    assert not any(f'iter_{iteration}.pth' in name for name in os.listdir(work_dir)), \
+        os.listdir(work_dir)
+    last = work_dir / f'iter_{iteration - 1}.pth'
+    assert (work_dir / 'last_checkpoint').read_text().strip() == str(last)
+    checkpoint = load_checkpoint_file(str(last))
+    assert checkpoint['meta']['iter'] == iteration - 1
+    state = checkpoint['state_dict']
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize('how', ['loss', 'weights'])
@@ -59,11 +56,34 @@ def test_non_finite_loss_stops_with_iteration_terms_and_images(how, shapes_root,
     assert re.match(rf'non-finite loss at iteration 6 \(epoch 2\), rank 0: {what} not finite; '
                     rf'batch images: {images}\. Training stopped before a checkpoint of this '
                     r'step was written', message), message
-    # the checkpoint of epoch 1 is the last one, complete and finite
-    assert (tmp_path / 'last_checkpoint').read_text().strip().endswith('epoch_1.pth')
-    assert not (tmp_path / 'epoch_2.pth').exists()
-    state = load_checkpoint_file(str(tmp_path / 'epoch_1.pth'))['state_dict']
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    _last_good_checkpoint(tmp_path, 6)
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank(shapes_root, tmp_path):
+    """2 gloo processes (tools/dist_train.sh), the loss of rank 1 infinite from iteration 2 on:
+    both ranks stop there with their own line (rank 0 would otherwise wait in the next
+    all-reduce), and no checkpoint of iteration 2 is written."""
+    config = tmp_path / 'fault.py'
+    config.write_text(f"_base_ = '{ROOT}/{SOAK}'\n"
+                      "custom_hooks = [dict(type='RNGStateHook'),\n"
+                      "                dict(type='BreakAtIteration', at=2, how='loss', rank=1)]\n")
+    work_dir = tmp_path / 'work'
+    proc = run_tool(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir),
+                     '--cfg-options', *shapes_options(shapes_root), 'train_dataloader.batch_size=2',
+                     'train_dataloader.num_workers=0', 'default_hooks.checkpoint.by_epoch=False'],
+                    env=dict(DIST_ENV, PYTHONPATH=f'{ROOT}:{ROOT}/tests'), check=False,
+                    timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 2, proc.stderr[-4000:]
+    rank_0 = ('error: NonFiniteLossError: non-finite loss at iteration 2 on another rank; this '
+              'rank (0) stops too')
+    assert rank_0 in errors, errors
+    assert re.match(r'error: NonFiniteLossError: non-finite loss at iteration 2 \(epoch 1\), '
+                    r'rank 1: loss terms ([\w.]+=inf, )*loss_bbox=inf not finite; batch images: '
+                    r'\S+/train/\d+\.png, \S+/train/\d+\.png\. Training stopped',
+                    errors[1 - errors.index(rank_0)]), errors
+    _last_good_checkpoint(work_dir, 2)
 
 
 def _brute_force_min(cost):

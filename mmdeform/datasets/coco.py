@@ -56,6 +56,10 @@ class CocoDataset(MMDetCocoDataset):
 
     Duplicate image ids are an :class:`AnnotationError`: there is no way to tell
     which annotations belong to which image.
+
+    Each image records ``dataset_index``, its position in the annotation file, so
+    that an image that cannot be decoded is named by the same index whatever
+    subset ``indices`` or filtering leave (:class:`LoadImageFromFile`).
     """
     COCOAPI = CheckedCOCO
 
@@ -64,11 +68,14 @@ class CocoDataset(MMDetCocoDataset):
         self._actions: Counter = Counter()
         self._unselected = 0
         data_list = super().load_data_list()
+        for index, data_info in enumerate(data_list):  # kept through indices= and filtering
+            data_info['dataset_index'] = index
         problems = self.annotation_problems
         for message in problems[:MAX_LOGGED]:
             print_log(message, logger='current', level=logging.WARNING)
         if problems:
-            more = f' (the first {MAX_LOGGED} are listed above)' if len(problems) > MAX_LOGGED else ''
+            more = (f' (the first {MAX_LOGGED} are listed above)' if len(problems) > MAX_LOGGED
+                    else '')
             print_log(f'{self.ann_file}: {len(problems)} broken annotations: '
                       f'{self._actions["dropped"]} dropped, {self._actions["fixed"]} fixed{more}',
                       logger='current', level=logging.WARNING)

@@ -28,9 +28,13 @@ def _describe(path: str) -> str:
 class LoadImageFromFile(MMCVLoadImageFromFile):
     """mmcv's :class:`~mmcv.transforms.LoadImageFromFile` (same arguments), registered
     under the same name in mmdeform's scope. An image that cannot be read or
-    decoded raises :class:`CorruptImageError` naming the file, the dataset index
-    (``sample_idx``) and what is wrong, in training and in testing alike.
-    (mmcv asserts ``failed to load image`` without the index.)
+    decoded raises :class:`CorruptImageError` naming the file, its index in the
+    dataset and what is wrong, in training and in testing alike. The index is
+    the image's position in the dataset's own list (``dataset_index``, which
+    mmdeform's :class:`CocoDataset` records before ``indices`` or filtering
+    pick a subset), so it names the same image whatever subset is loaded;
+    other datasets give their ``sample_idx``. (mmcv asserts ``failed to load
+    image`` without the index.)
 
     A JPEG cut short is not detected: OpenCV decodes what is there and fills
     the rest with grey, with a warning on stderr.
@@ -41,7 +45,8 @@ class LoadImageFromFile(MMCVLoadImageFromFile):
             return super().transform(results)
         except Exception as e:  # noqa: B902  reading or decoding; the file is the cause
             path = results.get('img_path', '?')
-            where = f'image {path} (dataset index {results.get("sample_idx", "?")})'
+            index = results.get('dataset_index', results.get('sample_idx', '?'))
+            where = f'image {path} (dataset index {index})'
             if isinstance(e, FileNotFoundError) or not osp.exists(path):
                 raise FileNotFoundError(f'{where} does not exist') from None
             raise CorruptImageError(f'{where} cannot be decoded: {_describe(path)}') from None

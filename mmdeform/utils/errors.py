@@ -63,7 +63,11 @@ def run_tool_main(main: Callable, argv: Optional[Sequence[str]] = None):
     except REPORTED as exc:
         if os.environ.get('MMDEFORM_TRACEBACK'):
             raise
-        print(f'error: {one_line(exc)}', file=sys.stderr, flush=True)
+        # one write, newline included: print() writes the text and the newline separately,
+        # and on an unbuffered stderr (PYTHONUNBUFFERED) a data-loader worker's own complaint
+        # (libpng's) could land between them, on the same line
+        sys.stderr.write(f'error: {one_line(exc)}\n')
+        sys.stderr.flush()
         sys.exit(1)
 
 

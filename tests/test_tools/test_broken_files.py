@@ -1,5 +1,5 @@
 """Broken checkpoints, images and configs: one line naming the file and what is wrong."""
-import os
+import json
 import re
 import shutil
 
@@ -77,7 +77,8 @@ def _detr_checkpoint(path, mmdet_layout=False):
     cfg = Config.fromfile(DETR)
     state = MODELS.build(cfg.model).state_dict()
     if mmdet_layout:
-        state = {k.replace('bbox_head.cls_branch.', 'bbox_head.fc_cls.'): v for k, v in state.items()}
+        state = {k.replace('bbox_head.cls_branch.', 'bbox_head.fc_cls.'): v
+                 for k, v in state.items()}
     torch.save(dict(state_dict=state, meta=dict()), path)
     return str(path)
 
@@ -99,7 +100,8 @@ def test_another_family_is_named(tiny_checkpoint, tmp_path, capsys):
     line = tool_error('tools/test.py', [DETR, mmdet, '--work-dir', tmp_path / 'm',
                                         '--cfg-options', *options], capsys)
     assert line.endswith('looks like DETR (mmdet 3.x format) weights, but the config builds DETR '
-                         '(DETR); convert it first with tools/model_converters/mmdet_to_mmdeform.py')
+                         '(DETR); convert it first with '
+                         'tools/model_converters/mmdet_to_mmdeform.py')
     # and the converter of another format
     line = tool_error('tools/model_converters/official_detr.py', [mmdet, tmp_path / 'o.pth'],
                       capsys)
@@ -113,9 +115,9 @@ def test_num_classes_must_match_the_dataset(tiny_checkpoint, tmp_path, capsys):
     line = tool_error('tools/train.py', [config, '--work-dir', tmp_path, '--cfg-options',
                                          *options, 'model.bbox_head.num_classes=5'], capsys)
     assert re.fullmatch(r'error: ConfigMismatchError: model.bbox_head.num_classes is 5, but the '
-                        r'train dataset \(ShapesDataset, .*annotations/instances_train.json\) has 4 '
-                        r'classes in its metainfo \(rectangle, ellipse, triangle, cross\); set '
-                        r'model.bbox_head.num_classes=4 .*', line), line
+                        r'train dataset \(ShapesDataset, .*annotations/instances_train.json\) '
+                        r'has 4 classes in its metainfo \(rectangle, ellipse, triangle, cross\); '
+                        r'set model.bbox_head.num_classes=4 .*', line), line
 
 
 @pytest.fixture(scope='module')
@@ -124,7 +126,6 @@ def corrupt_root(shapes_root, tmp_path_factory):
     garbage, and whose train image of index 5 is a truncated PNG."""
     root = tmp_path_factory.mktemp('corrupt') / 'shapes'
     shutil.copytree(shapes_root, root)
-    import json
     for split, index, how in (('train', 3, 'garbage'), ('val', 1, 'garbage'),
                               ('train', 5, 'truncated')):
         images = json.load(open(root / 'annotations' / f'instances_{split}.json'))['images']
@@ -134,18 +135,30 @@ def corrupt_root(shapes_root, tmp_path_factory):
     return root
 
 
+def _names_image(line, root, split, index):
+    """Whether the error names the image that the annotation file lists at ``index``."""
+    images = json.load(open(root / 'annotations' / f'instances_{split}.json'))['images']
+    return line.split()[3] == str(root / split / images[index]['file_name'])
+
+
 def test_corrupt_image_in_training_names_file_and_index(corrupt_root, tmp_path):
     """Two data-loader workers, no shuffling: the worker re-raises our error; one line."""
     options = shapes_options(str(corrupt_root)) + ['train_dataloader.sampler.shuffle=False']
     proc = run_tool([PYTHON, 'tools/train.py', SOAK, '--work-dir', str(tmp_path), '--cfg-options',
-                     *options], check=False, timeout=300, env=dict(PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
+                     *options], check=False, timeout=300,
+                    env=dict(PYTHONPATH=f'{ROOT}:{ROOT}/tests'))
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    # the other worker may be decoding the truncated PNG meanwhile: libpng's own
-    # complaint can land on stderr after ours
-    last = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith('libpng')][-1]
+    # the other worker may be decoding the truncated PNG meanwhile: libpng's own complaint,
+    # written as its text and then a newline, can land before our line, even on the same line
+    # (ours is one write, so nothing lands inside it)
+    ours = 'error: CorruptImageError: '
+    lines = [ln[ln.index(ours):] for ln in proc.stderr.splitlines() if ours in ln]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    last = lines[0]
     assert re.fullmatch(r'error: CorruptImageError: image .*/train/\S+\.png \(dataset index 3\) '
                         r'cannot be decoded: not an image: the file starts with b.garbage!. '
                         r'\(80 bytes\)', last), last
+    assert _names_image(last, corrupt_root, 'train', 3), last
 
 
 def test_corrupt_and_truncated_images_when_testing(corrupt_root, tiny_checkpoint, tmp_path,
@@ -156,6 +169,7 @@ def test_corrupt_and_truncated_images_when_testing(corrupt_root, tiny_checkpoint
                                         '--cfg-options', *options], capsys)
     assert re.fullmatch(r'error: CorruptImageError: image .*/val/\S+\.png \(dataset index 1\) '
                         r'cannot be decoded: not an image.*', line), line
+    assert _names_image(line, corrupt_root, 'val', 1), line
     # the truncated PNG: test the train split, so that index 5 is reached
     options += ['test_dataloader.dataset.ann_file=annotations/instances_train.json',
                 'test_dataloader.dataset.data_prefix.img=train/',
@@ -163,5 +177,7 @@ def test_corrupt_and_truncated_images_when_testing(corrupt_root, tiny_checkpoint
                 'test_dataloader.dataset.indices=[5]']
     line = tool_error('tools/test.py', [config, checkpoint, '--work-dir', tmp_path / 'b',
                                         '--cfg-options', *options], capsys)
-    assert re.fullmatch(r'error: CorruptImageError: image .*/train/\S+\.png \(dataset index 0\) '
+    # the dataset's own index, not the position in the subset that ``indices`` selects
+    assert re.fullmatch(r'error: CorruptImageError: image .*/train/\S+\.png \(dataset index 5\) '
                         r'cannot be decoded: a truncated or corrupt PNG \(\d+ bytes\)', line), line
+    assert _names_image(line, corrupt_root, 'train', 5), line

@@ -12,25 +12,16 @@ all-reduce). docs/reliability.md derives the tolerance used here:
 per tensor, with T = 3 SGD steps, n = 4096 (the longest reduction: the stem's
 gradient over 4 images x 32 x 32 positions) and u = 2^-24.
 """
-import socket
-
 import torch
-from helpers import PYTHON, run_tool, shapes_options
+from helpers import DIST_ENV, run_tool, shapes_options, train_in_process
 from mmengine.config import Config
 
 from mmdeform.registry import MODELS
-
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
 CONFIG = 'tests/data/configs/ddetr_shapes_equivalence.py'
 T, N, U = 3, 4 * 32 * 32, 2.0**-24
 RTOL = T * N * U  # 7.3e-4
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def _weights(work_dir, name):
@@ -41,11 +32,10 @@ def test_two_processes_match_one_with_the_same_total_batch(shapes_root, tmp_path
     start = _initial_weights(tmp_path / 'init.pth')
     options = ['--cfg-options', *shapes_options(shapes_root), f'load_from={tmp_path}/init.pth']
     one, two = tmp_path / 'one', tmp_path / 'two'
-    run_tool([PYTHON, 'tools/train.py', CONFIG, '--work-dir', str(one), *options,
-              ], env=dict(OMP_NUM_THREADS='1'))
+    train_in_process([CONFIG, '--work-dir', one, *options])
     run_tool(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', str(two), *options,
               'train_dataloader.batch_size=2'],
-             env=dict(PORT=str(_free_port()), OMP_NUM_THREADS='1', PYTHON=PYTHON), timeout=300)
+             env=DIST_ENV, timeout=300)
     w1, w2 = _weights(one, 'iter_3.pth'), _weights(two, 'iter_3.pth')
     relative = {}
     for key, w0 in start.items():
