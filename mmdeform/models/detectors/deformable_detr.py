@@ -69,7 +69,7 @@ class DeformableDETR(BaseDETR):
         self.encoder = DeformableDetrEncoder(**encoder)
         self.decoder = DeformableDetrDecoder(**decoder)
         c = self.encoder.embed_dims
-        self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, c))
+        self.level_embed = nn.Parameter(torch.zeros(self.num_feature_levels, c))
         if self.as_two_stage:
             self.memory_trans_fc = nn.Linear(c, c)
             self.memory_trans_norm = nn.LayerNorm(c)

@@ -75,7 +75,7 @@ class DINO(DeformableDETR):
         self.decoder = DinoDecoder(look_forward_twice=self.look_forward_twice,
                                    anchor_queries=self.query_selection != 'pure', **decoder)
         c = self.encoder.embed_dims
-        self.level_embed = nn.Parameter(torch.empty(self.num_feature_levels, c))
+        self.level_embed = nn.Parameter(torch.zeros(self.num_feature_levels, c))
         if self.as_two_stage:
             self.memory_trans_fc = nn.Linear(c, c)
             self.memory_trans_norm = nn.LayerNorm(c)
