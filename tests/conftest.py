@@ -6,6 +6,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # pytest.ini runs two workers (-n 2) on the two cores: one thread each, here and in
+    # the tools the tests start, instead of four threads fighting over two cores
+    os.environ['OMP_NUM_THREADS'] = '1'
+    import torch
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope='session', autouse=True)
 def _register_modules():
@@ -41,3 +48,14 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
     run_tool([PYTHON, 'tools/train.py', config, '--work-dir', str(work_dir), '--cfg-options',
               *options])
     return config, str(work_dir / 'iter_2.pth'), options
+
+
+# The files whose tests take longest (several processes each): collected first, so that
+# under -n 2 --dist loadfile one worker starts on them while the other takes the rest,
+# instead of one of them running alone at the end.
+LONGEST_FIRST = ('test_kill_resume.py', 'test_dist_equivalence.py', 'test_dist_train.py',
+                 'test_numerics.py')
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)
