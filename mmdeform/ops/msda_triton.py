@@ -26,9 +26,6 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-INTERPRETED = not isinstance(triton.jit(lambda: None), triton.runtime.JITFunction)
-
-
 @triton.jit
 def _corner(vbase, h, w, H, W, start, M, D, cols, mask, ACC: tl.constexpr):
     """Rows ``(h, w)`` of one level for a block of queries; zeros where off the map."""
@@ -81,7 +78,7 @@ def _msda_forward(value, shapes, starts, loc, attn, out, S, Q, M, D, L, P,
                        + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
             acc += a[:, None] * sampled
     ptr = out + head[:, None] * D + cols[None, :]
-    tl.store(ptr, acc.to(out.dtype.element_ty), mask=mask)
+    tl.store(ptr, acc, mask=mask)
 
 
 @triton.jit
@@ -163,6 +160,9 @@ def _gather_value_grad(order, segments, coefs, grad_out, grad_value, L, P, D,
     tl.store(grad_value + r * D + cols, acc, mask=dmask)
 
 
+INTERPRETED = not isinstance(_msda_forward, triton.runtime.JITFunction)
+
+
 def _blocks(dims: int):
     """A power-of-two tile over the channels, and as many queries as keep it ~1k elements."""
     block_d = triton.next_power_of_2(dims)
@@ -183,13 +183,15 @@ def deterministic_default() -> bool:
 def _forward(value, shapes, starts, loc, attn):
     batch, rows, heads, dims = value.shape
     queries, levels, points = loc.shape[1], loc.shape[3], loc.shape[4]
-    out = value.new_empty(batch, queries, heads * dims)
+    acc, tl_acc = _acc_dtype(value, loc, attn)
+    # written in fp32 and rounded by torch: Triton's interpreter truncates fp32 -> bf16 where
+    # a GPU rounds to nearest, and torch rounds the same way on every device
+    out = torch.empty(batch, queries, heads * dims, dtype=acc, device=value.device)
     block_d, block_q = _blocks(dims)
     grid = (triton.cdiv(queries, block_q), heads, batch)
     _msda_forward[grid](value, shapes, starts, loc, attn, out, rows, queries, heads, dims, levels,
-                        points, ACC=_acc_dtype(value, loc, attn)[1], BLOCK_Q=block_q,
-                        BLOCK_D=block_d)
-    return out
+                        points, ACC=tl_acc, BLOCK_Q=block_q, BLOCK_D=block_d)
+    return out.to(value.dtype)
 
 
 def _backward(grad_out, value, shapes, starts, loc, attn, deterministic):
