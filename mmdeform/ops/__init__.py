@@ -5,5 +5,5 @@ from .ms_deform_attn import (BACKENDS, CPU_KERNEL_AVAILABLE, cpu_kernel_isa,
                              multi_scale_deformable_attn, select_backend, set_cpu_kernel_isa)
 from .neighborhood_attn import NA_KERNEL_AVAILABLE, neighborhood_av, neighborhood_qk
 
-__all__ = ['multi_scale_deformable_attn', 'BACKENDS', 'select_backend', 'CPU_KERNEL_AVAILABLE', 'cpu_kernel_isa',
-           'set_cpu_kernel_isa', 'neighborhood_qk', 'neighborhood_av', 'NA_KERNEL_AVAILABLE']
+__all__ = ['multi_scale_deformable_attn', 'BACKENDS', 'select_backend', 'CPU_KERNEL_AVAILABLE',
+           'cpu_kernel_isa', 'set_cpu_kernel_isa', 'neighborhood_qk', 'neighborhood_av', 'NA_KERNEL_AVAILABLE']

@@ -9,15 +9,17 @@ fp64; the arithmetic is fp32 (fp64 for fp64 inputs) and the output has ``value``
 Backward: the gradients of locations and weights belong to one program each and are
 stored directly. The gradient of ``value`` is a scatter. By default it is
 ``tl.atomic_add`` into an fp32 buffer, whose summation order on a GPU varies from run to
-run. With ``deterministic=True`` (or ``MMDEFORM_MSDA_DETERMINISTIC=1``) the kernel instead
-writes each corner's target row and coefficient, the corners are sorted by row (a stable
-sort), and a second kernel sums every row's contributions in that fixed order: the same
-bits on every run, for some extra memory (8 bytes per corner) and time.
+run. With ``deterministic=True`` (or ``MMDEFORM_MSDA_DETERMINISTIC=1``, or
+``torch.use_deterministic_algorithms(True)``) the kernel instead writes each corner's target
+row and coefficient, the corners are sorted by row (a stable sort), and a second kernel sums
+every row's contributions in that fixed order: the same bits on every run, for extra memory
+(about 30 bytes per sampled corner: rows, coefficients and the sort's output) and time.
 
-``triton.jit`` reads ``TRITON_INTERPRET`` when this module is imported: with
-``TRITON_INTERPRET=1`` the kernels run on CPU tensors through Triton's interpreter (that is
-how the tests run them); otherwise they need CUDA tensors.
+Triton reads ``TRITON_INTERPRET`` when it is imported (``triton.jit`` decorates its own
+``tl.zeros`` etc. then): with ``TRITON_INTERPRET=1`` from the start, the kernels run on CPU
+tensors through Triton's interpreter (how the tests run them); otherwise on CUDA tensors.
 """
+import contextlib
 import os
 
 import torch
@@ -25,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
 
 @triton.jit
 def _corner(vbase, h, w, H, W, start, M, D, cols, mask, ACC: tl.constexpr):
@@ -233,7 +236,7 @@ class TritonMSDAFunction(torch.autograd.Function):
         ctx.deterministic = deterministic
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
                               attention_weights)
-        with torch.cuda.device(value.device) if value.is_cuda else _nothing():
+        with torch.cuda.device(value.device) if value.is_cuda else contextlib.nullcontext():
             return _forward(value, spatial_shapes, level_start_index, sampling_locations,
                             attention_weights)
 
@@ -241,14 +244,7 @@ class TritonMSDAFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
         value = ctx.saved_tensors[0]
-        with torch.cuda.device(value.device) if value.is_cuda else _nothing():
+        with torch.cuda.device(value.device) if value.is_cuda else contextlib.nullcontext():
             grads = _backward(grad_output.contiguous(), *ctx.saved_tensors, ctx.deterministic)
         return grads[0], None, None, grads[1], grads[2], None
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -131,8 +131,8 @@ def test_level_start_index_is_used():
     value, shapes, start, loc, weights = make_inputs([[4, 5], [2, 3]], batch=1)
     reordered = torch.cat([value[:, 20:], value[:, :20]], 1)  # level 1 first
     out = multi_scale_deformable_attn(reordered, shapes, torch.tensor([6, 0]), loc, weights)
-    torch.testing.assert_close(out, multi_scale_deformable_attn_pytorch(value, shapes, loc, weights),
-                               atol=1e-5, rtol=1e-5)
+    expected = multi_scale_deformable_attn_pytorch(value, shapes, loc, weights)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 @interpreted
@@ -221,3 +221,19 @@ def test_backend_names_and_defaults(monkeypatch):
             select_backend(value, 'triton')
     finally:
         msda_module._triton_kernels.cache_clear()
+
+
+def test_msdeform_attn_takes_a_backend_per_layer():
+    from mmdeform.models.layers import MSDeformAttn
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3, backend='gpu')
+    torch.manual_seed(0)
+    args = (torch.randn(1, 5, 32), torch.randn(1, 60, 32), torch.rand(1, 5, 2, 2),
+            torch.tensor([[6, 8], [3, 4]]), torch.tensor([0, 48]))
+    layers = [MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3, backend=name)
+              for name in ('pytorch', 'cpp')]
+    layers[1].load_state_dict(layers[0].state_dict())
+    slow, fast = (layer(*args) for layer in layers)
+    assert '_CPUFunctionBackward' in _node_names(fast)
+    assert '_CPUFunctionBackward' not in _node_names(slow)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)  # fp32, as test_ms_deform_attn
