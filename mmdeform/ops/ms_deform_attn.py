@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention: mmcv's CUDA kernel, our CPU kernel, or mmcv's PyTorch path.
+"""Multi-scale deformable attention: four backends behind one function.
 
 ``multi_scale_deformable_attn`` computes, for every query ``q`` and head ``m``::
 
@@ -7,13 +7,26 @@
 with mmcv's semantics (``F.grid_sample``: bilinear, zero padding, ``align_corners=False``;
 a location ``(x, y)`` in ``[0, 1]`` is read at pixel ``(x W_l - 0.5, y H_l - 0.5)``).
 
-Dispatch: CUDA tensors go to mmcv's compiled ``MultiScaleDeformableAttnFunction``
-(unchanged); CPU tensors to ``mmdeform.ops._msda_cpu`` (``csrc/``: threads over
-queries, AVX2 over the channels of a head, a race-free deterministic backward); where
-that extension was not built, to mmcv's ``multi_scale_deformable_attn_pytorch``,
-with one warning at import.
+Backends (``backend=`` per call, else ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``):
+
+* ``'cpp'``: ``mmdeform.ops._msda_cpu`` (``csrc/``), CPU tensors: threads over queries,
+  AVX2 over the channels of a head, a race-free deterministic backward.
+* ``'triton'``: ``msda_triton.py``, CUDA tensors, or CPU tensors under Triton's
+  interpreter (``TRITON_INTERPRET=1``, how the tests run it). fp16 / bf16 / fp32 computed
+  in fp32; the value gradient uses atomics unless ``deterministic``.
+* ``'mmcv'``: mmcv's compiled ``MultiScaleDeformableAttnFunction``, CUDA tensors only.
+* ``'pytorch'``: mmcv's ``multi_scale_deformable_attn_pytorch`` (``F.grid_sample``), any device.
+
+``'auto'``: on the CPU, ``'cpp'`` (``'pytorch'`` where it was not built, with one warning at
+import). On CUDA, ``'mmcv'`` where mmcv was compiled with CUDA, else ``'triton'`` (else
+``'pytorch'`` without triton). Nothing has been timed on a GPU yet, so mmcv's op, the
+long-standing choice, stays first; switch the order once Triton is measured faster.
 """
+import functools
+import os
 import warnings
+from typing import Optional
+
 import torch
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
@@ -89,9 +102,84 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+BACKENDS = ('auto', 'cpp', 'triton', 'mmcv', 'pytorch')
+
+
+@functools.lru_cache(None)
+def mmcv_cuda_op_available() -> bool:
+    """Whether mmcv's extension was compiled with CUDA (only then has its op a CUDA kernel)."""
+    from mmcv.ops import get_compiling_cuda_version
+    return get_compiling_cuda_version() != 'not available'
+
+
+@functools.lru_cache(None)
+def _triton_kernels():
+    """``msda_triton``, imported on first use: importing mmdeform never needs triton."""
+    try:
+        from . import msda_triton
+    except ImportError as err:
+        raise RuntimeError(f"multi_scale_deformable_attn: backend 'triton' needs the triton "
+                           f'package ({err})') from err
+    return msda_triton
+
+
+def _triton_importable() -> bool:
+    try:
+        _triton_kernels()
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f'multi_scale_deformable_attn: unknown backend {name!r} (argument or '
+                         f'MMDEFORM_MSDA_BACKEND); valid: {", ".join(BACKENDS)}')
+    return name
+
+
+def select_backend(value: Tensor, backend: Optional[str] = None) -> str:
+    """The backend a call on ``value`` runs: ``backend``, else ``MMDEFORM_MSDA_BACKEND``,
+    else ``'auto'`` resolved as the module docstring says."""
+    name = check_backend(backend or os.environ.get('MMDEFORM_MSDA_BACKEND') or 'auto')
+    if name == 'auto':
+        if value.is_cuda:
+            # not measured yet (no GPU here): mmcv's compiled op first where it exists
+            if mmcv_cuda_op_available():
+                return 'mmcv'
+            return 'triton' if _triton_importable() else 'pytorch'
+        return 'cpp' if CPU_KERNEL_AVAILABLE else 'pytorch'
+    where = value.device
+    if name == 'cpp' and (value.is_cuda or not CPU_KERNEL_AVAILABLE):
+        raise RuntimeError(f"multi_scale_deformable_attn: backend 'cpp' runs on CPU tensors "
+                           f'with mmdeform/ops/_msda_cpu built (tensors on {where}, built: '
+                           f'{CPU_KERNEL_AVAILABLE})')
+    if name == 'mmcv' and not (value.is_cuda and mmcv_cuda_op_available()):
+        raise RuntimeError(f"multi_scale_deformable_attn: backend 'mmcv' needs CUDA tensors "
+                           f'and mmcv compiled with CUDA (tensors on {where}, mmcv CUDA: '
+                           f'{mmcv_cuda_op_available()})')
+    if name == 'triton' and not (value.is_cuda or _triton_kernels().INTERPRETED):
+        raise RuntimeError(f"multi_scale_deformable_attn: backend 'triton' needs CUDA tensors, "
+                           f'or TRITON_INTERPRET=1 set before triton is imported for CPU '
+                           f'tensors (tensors on {where})')
+    return name
+
+
+def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, num_rows: int) -> None:
+    """Every level inside ``value``'s rows (read from CPU tensors only: no device sync)."""
+    if spatial_shapes.is_cuda or level_start_index.is_cuda:
+        return
+    for lvl, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(),
+                                              level_start_index.tolist())):
+        if h <= 0 or w <= 0 or start < 0 or start + h * w > num_rows:
+            raise RuntimeError(f'multi_scale_deformable_attn: level {lvl} (start {start}, '
+                               f'{h} x {w}) reaches past the {num_rows} value rows')
+
+
 def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                                 sampling_locations: Tensor, attention_weights: Tensor,
-                                im2col_step: int = 64) -> Tensor:
+                                im2col_step: int = 64, backend: Optional[str] = None,
+                                deterministic: Optional[bool] = None) -> Tensor:
     """Multi-scale deformable attention, autograd-aware, in mmcv's layout.
 
     Args:
@@ -100,19 +188,34 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
         level_start_index: ``(L,)`` int64, the first row of each level in ``Nv``.
         sampling_locations: ``(B, Nq, M, L, K, 2)`` normalised ``(x, y)``.
         attention_weights: ``(B, Nq, M, L, K)``.
-        im2col_step: the CUDA kernel's batch chunk (unused on the CPU).
+        im2col_step: mmcv's CUDA kernel's batch chunk (unused by the others).
+        backend: one of ``BACKENDS`` (``None``: ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``).
+        deterministic: Triton's backward without atomics (``None``:
+            ``MMDEFORM_MSDA_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms``).
+            The ``'cpp'`` backward is always deterministic.
 
     Returns:
         ``(B, Nq, M * D)`` in ``value``'s dtype.
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
-    if value.is_cuda:
+    name = select_backend(value, backend)
+    if name == 'mmcv':
         return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                       sampling_locations, attention_weights,
                                                       im2col_step)
-    if not CPU_KERNEL_AVAILABLE:
+    if name == 'pytorch':
         return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations,
                                                    attention_weights)
+    if name == 'triton':
+        _check_levels(spatial_shapes, level_start_index, value.shape[1])
+        kernels = _triton_kernels()
+        if deterministic is None:
+            deterministic = kernels.deterministic_default()
+        shapes, starts = (t.to(value.device, torch.int64).contiguous()
+                          for t in (spatial_shapes, level_start_index))
+        return kernels.TritonMSDAFunction.apply(
+            value.contiguous(), shapes, starts, sampling_locations.contiguous(),
+            attention_weights.contiguous(), bool(deterministic))
     dtype = _compute_dtype(value, sampling_locations, attention_weights)
     value_, locations_, weights_ = (t.to(dtype).contiguous()
                                     for t in (value, sampling_locations, attention_weights))
@@ -120,4 +223,3 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
                                 level_start_index.to(torch.int64).contiguous(),
                                 locations_, weights_)
     return output.to(value.dtype)
-

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdeform.ops import multi_scale_deformable_attn
+from mmdeform.ops.ms_deform_attn import check_backend
 
 
 class MSDeformAttn(nn.Module):
@@ -14,8 +15,8 @@ class MSDeformAttn(nn.Module):
     ``out = W_o sum_m sum_l sum_k A_mlqk * W_v x_l(phi_l(p_q) + dp_mlqk)``: the
     offsets ``dp`` and weights ``A`` (softmax over levels x points) are linear
     functions of the query; the sampling is bilinear, done by
-    :func:`mmdeform.ops.multi_scale_deformable_attn`: mmcv's compiled kernel on
-    CUDA, our C++ kernel on the CPU (mmcv's ``grid_sample`` path if it is not built).
+    :func:`mmdeform.ops.multi_scale_deformable_attn` (by default mmcv's compiled kernel or
+    our Triton one on CUDA, our C++ kernel on the CPU; see ``backend``).
 
     Parameter names (``sampling_offsets``, ``attention_weights``,
     ``value_proj``, ``output_proj``) are the official code's, mmcv's and mmdet's.
@@ -25,11 +26,14 @@ class MSDeformAttn(nn.Module):
         num_heads: ``M`` (8).
         num_levels: ``L`` feature levels.
         num_points: ``K`` sampling points per head and level (4).
-        im2col_step: the CUDA kernel's batch chunk.
+        im2col_step: mmcv's CUDA kernel's batch chunk.
+        backend: this layer's MSDA backend (``mmdeform.ops.BACKENDS``); ``None`` follows
+            ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, im2col_step: int = 64) -> None:
+                 num_points: int = 4, im2col_step: int = 64,
+                 backend: Optional[str] = None) -> None:
         super().__init__()
         if embed_dims % num_heads != 0:
             raise ValueError(f'MSDeformAttn: embed_dims ({embed_dims}) must be divisible by '
@@ -39,6 +43,7 @@ class MSDeformAttn(nn.Module):
         self.num_levels = num_levels
         self.num_points = num_points
         self.im2col_step = im2col_step
+        self.backend = None if backend is None else check_backend(backend)
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(embed_dims, embed_dims)
@@ -121,5 +126,5 @@ class MSDeformAttn(nn.Module):
             self.last_sampling_locations = locations.detach()
             self.last_attention_weights = weights.detach()
         out = multi_scale_deformable_attn(value, spatial_shapes, level_start_index, locations,
-                                          weights, self.im2col_step)
+                                          weights, self.im2col_step, self.backend)
         return self.output_proj(out)
