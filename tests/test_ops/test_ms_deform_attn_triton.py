@@ -31,9 +31,10 @@ def test_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET='1', MMDEFORM_MSDA_BACKEND='triton',
                PYTHONPATH=ROOT)
     env.pop('MMDEFORM_MSDA_DETERMINISTIC', None)
+    # -n 0: in this process, not on pytest.ini's two workers
     proc = subprocess.run([sys.executable, '-m', 'pytest', os.path.abspath(__file__), '-q',
-                           '-p', 'no:cacheprovider'], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+                           '-n', '0', '-p', 'no:cacheprovider'], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert ' passed' in proc.stdout and 'skipped' not in proc.stdout.replace(
         '1 skipped', ''), proc.stdout[-2000:]
