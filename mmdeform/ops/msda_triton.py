@@ -51,6 +51,20 @@ def _bilinear(loc, s_idx, qmask, H, W, ACC: tl.constexpr):
 
 
 @triton.jit
+def _sample(vbase, loc, attn, s_idx, qmask, H, W, start, M, D, cols, mask, ACC: tl.constexpr):
+    """One sampling point for a block of queries: its attention weight, its fractional
+    position ``(lh, lw)`` in the cell, and the four corners' values, whether each is on the
+    map, and their rows, ordered (h0, w0), (h0, w0 + 1), (h0 + 1, w0), (h0 + 1, w0 + 1)."""
+    a = tl.load(attn + s_idx, mask=qmask, other=0.0).to(ACC)
+    h0, w0, lh, lw = _bilinear(loc, s_idx, qmask, H, W, ACC)
+    v00, in00, r00 = _corner(vbase, h0, w0, H, W, start, M, D, cols, mask, ACC)
+    v01, in01, r01 = _corner(vbase, h0, w0 + 1, H, W, start, M, D, cols, mask, ACC)
+    v10, in10, r10 = _corner(vbase, h0 + 1, w0, H, W, start, M, D, cols, mask, ACC)
+    v11, in11, r11 = _corner(vbase, h0 + 1, w0 + 1, H, W, start, M, D, cols, mask, ACC)
+    return a, lh, lw, v00, v01, v10, v11, in00, in01, in10, in11, r00, r01, r10, r11
+
+
+@triton.jit
 def _msda_forward(value, shapes, starts, loc, attn, out, S, Q, M, D, L, P,
                   ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_q = tl.program_id(0)
@@ -69,14 +83,10 @@ def _msda_forward(value, shapes, starts, loc, attn, out, S, Q, M, D, L, P,
         start = tl.load(starts + lvl)
         for p in range(P):
             s_idx = (head * L + lvl) * P + p
-            a = tl.load(attn + s_idx, mask=qmask, other=0.0).to(ACC)
-            h0, w0, lh, lw = _bilinear(loc, s_idx, qmask, H, W, ACC)
+            a, lh, lw, v00, v01, v10, v11, _, _, _, _, _, _, _, _ = _sample(
+                vbase, loc, attn, s_idx, qmask, H, W, start, M, D, cols, mask, ACC)
             hh = 1.0 - lh
             hw = 1.0 - lw
-            v00, _, _ = _corner(vbase, h0, w0, H, W, start, M, D, cols, mask, ACC)
-            v01, _, _ = _corner(vbase, h0, w0 + 1, H, W, start, M, D, cols, mask, ACC)
-            v10, _, _ = _corner(vbase, h0 + 1, w0, H, W, start, M, D, cols, mask, ACC)
-            v11, _, _ = _corner(vbase, h0 + 1, w0 + 1, H, W, start, M, D, cols, mask, ACC)
             sampled = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
                        + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
             acc += a[:, None] * sampled
@@ -119,14 +129,10 @@ def _msda_backward(value, shapes, starts, loc, attn, grad_out, grad_value, grad_
         start = tl.load(starts + lvl)
         for p in range(P):
             s_idx = (head * L + lvl) * P + p
-            a = tl.load(attn + s_idx, mask=qmask, other=0.0).to(ACC)
-            h0, w0, lh, lw = _bilinear(loc, s_idx, qmask, H, W, ACC)
+            a, lh, lw, v00, v01, v10, v11, in00, in01, in10, in11, r00, r01, r10, r11 = _sample(
+                vbase, loc, attn, s_idx, qmask, H, W, start, M, D, cols, mask, ACC)
             hh = 1.0 - lh
             hw = 1.0 - lw
-            v00, in00, r00 = _corner(vbase, h0, w0, H, W, start, M, D, cols, mask, ACC)
-            v01, in01, r01 = _corner(vbase, h0, w0 + 1, H, W, start, M, D, cols, mask, ACC)
-            v10, in10, r10 = _corner(vbase, h0 + 1, w0, H, W, start, M, D, cols, mask, ACC)
-            v11, in11, r11 = _corner(vbase, h0 + 1, w0 + 1, H, W, start, M, D, cols, mask, ACC)
             sampled = ((hh * hw)[:, None] * v00 + (hh * lw)[:, None] * v01
                        + (lh * hw)[:, None] * v10 + (lh * lw)[:, None] * v11)
             tl.store(grad_attn + s_idx, tl.sum(g * sampled, axis=1), mask=qmask)

@@ -127,14 +127,32 @@ def test_level_start_index_is_used():
                                atol=1e-5, rtol=1e-5)
 
 
-def test_gradcheck_fp64(isa):
+def gradcheck_inputs():
+    """Small float64 inputs for gradcheck, away from cell edges, where the bilinear map
+    has kinks: ``(value, shapes, start, loc, weights)``, the float ones requiring grad."""
     value, shapes, start, loc, weights = make_inputs([[3, 4], [2, 2]], batch=2, num_queries=3,
                                                      heads=2, dims=3, points=2,
                                                      dtype=torch.float64, border=False)
-    loc = loc.clamp(0.05, 0.95)  # away from cell edges, where the bilinear map has kinks
-    inputs = (value.requires_grad_(), shapes, start, loc.requires_grad_(),
-              weights.requires_grad_())
-    assert torch.autograd.gradcheck(multi_scale_deformable_attn, inputs, eps=1e-6, atol=1e-5)
+    loc = loc.clamp(0.05, 0.95)
+    return (value.requires_grad_(), shapes, start, loc.requires_grad_(),
+            weights.requires_grad_())
+
+
+def node_names(out):
+    """The type names of every node of ``out``'s autograd graph."""
+    names, seen, stack = set(), set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            names.add(type(fn).__name__)
+            stack.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def test_gradcheck_fp64(isa):
+    assert torch.autograd.gradcheck(multi_scale_deformable_attn, gradcheck_inputs(), eps=1e-6,
+                                    atol=1e-5)
 
 
 def _run(value, shapes, start, loc, weights, grad_out):
@@ -188,13 +206,7 @@ def test_msdeform_attn_uses_the_cpu_kernel():
     value = torch.randn(1, 60, 32, requires_grad=True)
     out = attn(torch.randn(1, 5, 32), value, torch.rand(1, 5, 2, 2), torch.tensor([[6, 8], [3, 4]]),
                torch.tensor([0, 48]))
-    names, seen, stack = set(), set(), [out.grad_fn]
-    while stack:  # every node of the autograd graph
-        fn = stack.pop()
-        if fn is not None and id(fn) not in seen:
-            seen.add(id(fn))
-            names.add(type(fn).__name__)
-            stack.extend(f for f, _ in fn.next_functions)
+    names = node_names(out)
     assert '_CPUFunctionBackward' in names, names
 
 

@@ -18,7 +18,7 @@ from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
 from mmdeform.ops import BACKENDS, multi_scale_deformable_attn, select_backend
 from mmdeform.ops import ms_deform_attn as msda_module
-from test_ms_deform_attn import CASES, ROOT, make_inputs
+from test_ms_deform_attn import CASES, ROOT, gradcheck_inputs, make_inputs, node_names
 
 pytest.importorskip('triton')
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
@@ -48,17 +48,6 @@ def kernels(monkeypatch):
     return msda_triton
 
 
-def _node_names(out):
-    names, seen, stack = set(), set(), [out.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is not None and id(fn) not in seen:
-            seen.add(id(fn))
-            names.add(type(fn).__name__)
-            stack.extend(f for f, _ in fn.next_functions)
-    return names
-
-
 def _compare(case, deterministic=None, dtype=torch.float32, tol=1e-4):
     value, shapes, start, loc, weights = make_inputs(**case, dtype=dtype)
     tensors = [t.clone().requires_grad_() for t in (value, loc, weights)]
@@ -68,7 +57,7 @@ def _compare(case, deterministic=None, dtype=torch.float32, tol=1e-4):
     ours = [t.clone().requires_grad_() for t in (value, loc, weights)]
     out = multi_scale_deformable_attn(ours[0], shapes, start, ours[1], ours[2],
                                       deterministic=deterministic)
-    assert 'TritonMSDAFunctionBackward' in _node_names(out)
+    assert 'TritonMSDAFunctionBackward' in node_names(out)
     assert out.shape == expected.shape and out.dtype == expected.dtype
     torch.testing.assert_close(out, expected, atol=tol / 10, rtol=tol / 10)
     grads = torch.autograd.grad(out, ours, grad_out)
@@ -139,19 +128,13 @@ def test_level_start_index_is_used():
 @interpreted
 @pytest.mark.parametrize('deterministic', [False, True])
 def test_gradcheck_fp64(deterministic):
-    value, shapes, start, loc, weights = make_inputs([[3, 4], [2, 2]], batch=2, num_queries=3,
-                                                     heads=2, dims=3, points=2,
-                                                     dtype=torch.float64, border=False)
-    loc = loc.clamp(0.05, 0.95)  # away from cell edges, where the bilinear map has kinks
-    inputs = (value.requires_grad_(), shapes, start, loc.requires_grad_(),
-              weights.requires_grad_())
-
     def fn(value, shapes, start, loc, weights):
         return multi_scale_deformable_attn(value, shapes, start, loc, weights,
                                            deterministic=deterministic)
 
     # fast mode (random directions): the full Jacobian takes minutes in the interpreter
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+    assert torch.autograd.gradcheck(fn, gradcheck_inputs(), eps=1e-6, atol=1e-5,
+                                    fast_mode=True)
 
 
 @interpreted
@@ -235,6 +218,6 @@ def test_msdeform_attn_takes_a_backend_per_layer():
               for name in ('pytorch', 'cpp')]
     layers[1].load_state_dict(layers[0].state_dict())
     slow, fast = (layer(*args) for layer in layers)
-    assert '_CPUFunctionBackward' in _node_names(fast)
-    assert '_CPUFunctionBackward' not in _node_names(slow)
+    assert '_CPUFunctionBackward' in node_names(fast)
+    assert '_CPUFunctionBackward' not in node_names(slow)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)  # fp32, as test_ms_deform_attn
