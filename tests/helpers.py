@@ -56,18 +56,105 @@ def disable_dropout(model):
 DIST_ENV = dict(PORT=None, OMP_NUM_THREADS='1', PYTHON=PYTHON)
 
 
-def run_tool(args, timeout=900, env=None, check=True):
+def run_tool(args, timeout=900, env=None, check=True, fresh=False):
     """Run a command from the repository root; return the CompletedProcess. ``env`` adds to
-    the environment; a value of None removes the variable."""
+    the environment; a value of None removes the variable.
+
+    A Python script (``[PYTHON, 'tools/x.py', ...]``) runs in a fork of this test process
+    when it can (:func:`_run_forked`): a process of its own, with its own exit status, file
+    descriptors and environment, without the 4-5 s of importing torch, mmengine and mmdet
+    again. ``fresh=True`` starts a new interpreter, as a user's shell does: the tests of
+    each tool's main path keep one such run, so that a tool that fails to import or
+    register what it needs is still caught."""
     full_env = dict(os.environ, PYTHONPATH=ROOT)
     full_env.update(env or {})
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    if not fresh and _can_fork(args):
+        proc = _run_forked(args, full_env, timeout)
+    else:
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f'{args} failed with {proc.returncode}\n--- stdout\n'
                              f'{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}')
     return proc
+
+
+def _can_fork(args):
+    """A Python script, from a test process whose torch runs one thread (pytest-xdist's
+    workers, see conftest.py): OpenMP's thread pool does not survive a fork, and with one
+    thread there is none."""
+    return (len(args) > 1 and args[0] == PYTHON and str(args[1]).endswith('.py')
+            and hasattr(os, 'fork') and torch.get_num_threads() == 1
+            and not os.environ.get('MMDEFORM_TESTS_NO_FORK'))
+
+
+def _run_forked(args, env, timeout):
+    """Run ``python SCRIPT ARGS`` as ``__main__`` in a forked child of this process, with
+    stdout and stderr in files; return a CompletedProcess as ``subprocess.run`` would."""
+    import logging
+    import runpy
+    import signal
+    import tempfile
+    import time
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.setpgid(0, 0)
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            old = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+            sys.stdout = sys.__stdout__ = open(1, 'w', buffering=1, closefd=False)
+            sys.stderr = sys.__stderr__ = open(2, 'w', buffering=1, closefd=False)
+            # loggers made before the fork (mmengine's) write to the new streams too
+            for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+                for handler in getattr(logger, 'handlers', []):
+                    if isinstance(handler, logging.StreamHandler) and handler.stream in old:
+                        handler.setStream(sys.stderr if handler.stream in old[1::2]
+                                          else sys.stdout)
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(ROOT)
+            script = os.path.join(ROOT, str(args[1]))
+            sys.argv = [str(a) for a in args[1:]]
+            sys.path[0:0] = [os.path.dirname(script)] + env.get('PYTHONPATH', '').split(':')
+            try:
+                runpy.run_path(script, run_name='__main__')
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (exit_.code is not None)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    deadline = time.time() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise subprocess.TimeoutExpired(args, timeout)
+        time.sleep(0.02)
+    texts = []
+    for f in (out, err):
+        f.seek(0)
+        texts.append(f.read().decode(errors='replace'))
+        f.close()
+    return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), *texts)
 
 
 # The size of the dataset that the ``shapes_root`` fixture generates.

@@ -49,7 +49,8 @@ def test_cli_converts_and_loads_strictly(name, config, tmp_path):
     model = _random_official(name)
     args = argparse.Namespace(**{k: v for k, v in layout['args'].items()})
     torch.save(dict(model=model, args=args, epoch=11, ema_model={'x': torch.zeros(1)}), src)
-    proc = run_tool([PYTHON, 'tools/model_converters/official_dino.py', str(src), str(dst)])
+    proc = run_tool([PYTHON, 'tools/model_converters/official_dino.py', str(src), str(dst)],
+                    fresh=True)
     assert 'unmapped 0' in proc.stdout
     assert 'dropped 48: the decoder\'s copy of the shared class/box head' in proc.stdout
     assert 'the tied decoder heads: 96 names hold 8 tensors' in proc.stdout

@@ -47,7 +47,7 @@ def demo_all_boxes(tiny_checkpoint, two_images, tmp_path_factory):
     config, checkpoint, _ = tiny_checkpoint
     out = tmp_path_factory.mktemp('demo_out')
     proc = run_tool([PYTHON, 'demo/image_demo.py', str(two_images), config, checkpoint,
-                     '--out-dir', str(out), '--score-thr', '0.0'])
+                     '--out-dir', str(out), '--score-thr', '0.0'], fresh=True)
     return out, proc
 
 

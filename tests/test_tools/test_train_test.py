@@ -18,7 +18,7 @@ def trained(shapes_root, tmp_path_factory):
         'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False',
         'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1']
     proc = run_tool([PYTHON, 'tools/train.py', CONFIG, '--work-dir', str(work_dir),
-                     '--cfg-options', *options])
+                     '--cfg-options', *options], fresh=True)  # as from a shell
     return work_dir, options, proc
 
 
@@ -35,7 +35,8 @@ def test_test_prints_coco_metrics_and_draws(trained, tmp_path):
     work_dir, options, _ = trained
     proc = run_tool([PYTHON, 'tools/test.py', CONFIG, str(work_dir / 'epoch_1.pth'),
                      '--work-dir', str(tmp_path), '--show-dir', str(tmp_path / 'vis'),
-                     '--out', str(tmp_path / 'preds.pkl'), '--cfg-options', *options])
+                     '--out', str(tmp_path / 'preds.pkl'), '--cfg-options', *options],
+                    fresh=True)
     assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]' in proc.stdout
     assert re.search(r'Evaluation of .*epoch_1.pth: coco/bbox_mAP: \d\.\d{4}', proc.stdout)
     pngs = [f for f in os.listdir(tmp_path / 'vis') if f.endswith('.png')]
