@@ -17,6 +17,11 @@
 #   fails unless both load.
 #
 # A second run compares a stamp of the requirement files and returns in about a second.
+#
+# MMDEFORM_TORCH=2.1.2 installs that torch instead (with its torchvision, and numpy<2 for
+# torch < 2.3, whose wheels were built against numpy 1), e.g. to check the last stack that
+# OpenMMLab shipped prebuilt mmcv CUDA wheels for. Do it in a clone of its own: the
+# editable install compiles mmdeform's kernels into the checkout, for one torch.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,15 +29,21 @@ VENV="${MMDEFORM_VENV:-$ROOT/.venv}"
 CACHE="${MMDEFORM_CACHE:-$HOME/.cache/mmdeform}"
 PYTHON="${PYTHON:-python3}"
 MMCV_VERSION=2.1.0
-TORCH_VERSION=2.14.1
+TORCH_VERSION="${MMDEFORM_TORCH:-2.14.1}"
+case "$TORCH_VERSION" in  # torchvision's release for each torch the README lists
+    2.14.1) TORCHVISION_VERSION=0.29.1 ;;
+    2.1.2) TORCHVISION_VERSION=0.16.2 ;;
+    *) printf '[install] MMDEFORM_TORCH=%s: only 2.14.1 (tested) and 2.1.2 are known\n' \
+           "$TORCH_VERSION" >&2; exit 1 ;;
+esac
 WHEELS="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cpu"
 STAMP="$VENV/.mmdeform-install-stamp"
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
 stamp_value() {
-    cat "$ROOT"/requirements/*.txt "$ROOT/tools/install.sh" "$ROOT/setup.py" \
-        "$ROOT"/mmdeform/ops/csrc/* | sha256sum | cut -d' ' -f1
+    { cat "$ROOT"/requirements/*.txt "$ROOT/tools/install.sh" "$ROOT/setup.py" \
+        "$ROOT"/mmdeform/ops/csrc/*; echo "torch $TORCH_VERSION"; } | sha256sum | cut -d' ' -f1
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" && -x "$VENV/bin/python" ]]; then
@@ -46,13 +57,19 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
-PIP_INSTALL=("${PIP[@]}" install -q -c "$ROOT/requirements/constraints.txt")
+# the requirement files pin torch 2.14.1: another MMDEFORM_TORCH replaces those pins
+CONSTRAINTS="$(mktemp)"
+trap 'rm -f "$CONSTRAINTS"' EXIT
+{ cat "$ROOT/requirements/constraints.txt"
+  echo "torch==$TORCH_VERSION"; echo "torchvision==$TORCHVISION_VERSION"
+  if [[ "$TORCH_VERSION" == 2.1.* ]]; then echo "numpy<2"; fi; } > "$CONSTRAINTS"
+PIP_INSTALL=("${PIP[@]}" install -q -c "$CONSTRAINTS")
 
 "${PIP_INSTALL[@]}" --upgrade "pip<26"
 "${PIP_INSTALL[@]}" -r "$ROOT/requirements/build.txt"
 log "installing torch and the pinned runtime requirements"
 # mmdet's wheel depends on mmcv only at import time, so pip does not pull a binary mmcv here.
-"${PIP_INSTALL[@]}" torch==$TORCH_VERSION torchvision==0.29.1
+"${PIP_INSTALL[@]}" torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION
 "${PIP_INSTALL[@]}" mmengine==0.10.7
 
 mmcv_ok() {
@@ -106,7 +123,9 @@ if ! mmcv_ok; then
 fi
 
 log "installing mmdet and the remaining requirements"
-"${PIP_INSTALL[@]}" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+grep -v '^torch' "$ROOT/requirements/runtime.txt" > "$CONSTRAINTS.runtime"
+"${PIP_INSTALL[@]}" -r "$CONSTRAINTS.runtime" -r "$ROOT/requirements/tests.txt"
+rm -f "$CONSTRAINTS.runtime"
 log "installing mmdeform (editable) and compiling its CPU kernels (about a minute)"
 "${PIP_INSTALL[@]}" --no-deps --no-build-isolation -e "$ROOT"
 "$PY" - <<'EOF' >&2
