@@ -69,7 +69,7 @@ def run_tool(args, timeout=900, env=None, check=True, fresh=False):
     full_env = dict(os.environ, PYTHONPATH=ROOT)
     full_env.update(env or {})
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    if not fresh and _can_fork(args):
+    if not fresh and can_fork(args):
         proc = _run_forked(args, full_env, timeout)
     else:
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
@@ -80,7 +80,7 @@ def run_tool(args, timeout=900, env=None, check=True, fresh=False):
     return proc
 
 
-def _can_fork(args):
+def can_fork(args):
     """A Python script, from a test process whose torch runs one thread (pytest-xdist's
     workers, see conftest.py): OpenMP's thread pool does not survive a fork, and with one
     thread there is none."""
@@ -89,33 +89,40 @@ def _can_fork(args):
             and not os.environ.get('MMDEFORM_TESTS_NO_FORK'))
 
 
-def _run_forked(args, env, timeout):
-    """Run ``python SCRIPT ARGS`` as ``__main__`` in a forked child of this process, with
-    stdout and stderr in files; return a CompletedProcess as ``subprocess.run`` would."""
-    import logging
-    import runpy
-    import signal
-    import tempfile
-    import time
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
+class ForkedTool:
+    """``python SCRIPT ARGS`` run as ``__main__`` in a forked child of this process, in a
+    process group of its own, with stdout and stderr going to the given files; ``pid``,
+    ``poll()``, ``wait(timeout)`` and ``returncode`` as ``subprocess.Popen`` has them."""
+
+    def __init__(self, args, env, stdout, stderr):
+        self.args, self.returncode = args, None
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(args, env, stdout.fileno(), stderr.fileno())  # never returns
+        try:  # as the child does: whichever runs first, a kill finds the group
+            os.setpgid(self.pid, self.pid)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _child(args, env, out, err):
+        import logging
+        import runpy
         code = 1
         try:
             os.setpgid(0, 0)
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
             old = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
             sys.stdout = sys.__stdout__ = open(1, 'w', buffering=1, closefd=False)
             sys.stderr = sys.__stderr__ = open(2, 'w', buffering=1, closefd=False)
             # loggers made before the fork (mmengine's) write to the new streams too
-            for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
-                for handler in getattr(logger, 'handlers', []):
-                    if isinstance(handler, logging.StreamHandler) and handler.stream in old:
-                        handler.setStream(sys.stderr if handler.stream in old[1::2]
-                                          else sys.stdout)
+            loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+            for handler in [h for lg in loggers for h in getattr(lg, 'handlers', [])]:
+                if isinstance(handler, logging.StreamHandler) and handler.stream in old:
+                    handler.setStream(sys.stderr if handler.stream in old[1::2] else sys.stdout)
             os.environ.clear()
             os.environ.update(env)
             os.chdir(ROOT)
@@ -132,29 +139,48 @@ def _run_forked(args, env, timeout):
             except BaseException:
                 import traceback
                 traceback.print_exc()
-                code = 1
         finally:
             try:
                 sys.stdout.flush()
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    deadline = time.time() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise subprocess.TimeoutExpired(args, timeout)
-        time.sleep(0.02)
-    texts = []
-    for f in (out, err):
-        f.seek(0)
-        texts.append(f.read().decode(errors='replace'))
-        f.close()
-    return subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), *texts)
+
+    def poll(self):
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        import time
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
+def _run_forked(args, env, timeout):
+    """:func:`run_tool` in a :class:`ForkedTool`: a CompletedProcess, as ``subprocess.run``
+    returns."""
+    import signal
+    import tempfile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = ForkedTool(args, env, out, err)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode(errors='replace'))
+    return subprocess.CompletedProcess(args, proc.returncode, *texts)
 
 
 # The size of the dataset that the ``shapes_root`` fixture generates.

@@ -28,7 +28,7 @@ import subprocess
 import time
 
 import torch
-from helpers import PYTHON, ROOT, SHAPES_TEST_SPEC, shapes_options
+from helpers import PYTHON, ROOT, SHAPES_TEST_SPEC, ForkedTool, can_fork, shapes_options
 from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
@@ -58,9 +58,12 @@ def _start(work_dir, root, processes, resume, slow_save=None, pause=0.0):
         env.pop(key, None)
     if slow_save:
         env['SOAK_SLOW_SAVE'] = slow_save
+    command = _command(work_dir, root, processes, resume)
     with open(work_dir / 'console.log', 'a') as log:
-        proc = subprocess.Popen(_command(work_dir, root, processes, resume), cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if can_fork(command):  # one process: a fork of this one (helpers.ForkedTool)
+            return ForkedTool(command, env, log, log), probe
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     return proc, probe
 
 
