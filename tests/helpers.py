@@ -12,6 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
 
+# Two padded images at a quarter of make_batch's pixels, for the float64 training parity:
+# it checks the computation's structure (every level keeps >= 1 x 2 cells at stride 64 and
+# a padded border), which does not need the larger images, and R50 in float64 is slow.
+FLOAT64_SIZES = ((64, 96), (48, 80))
+
+
 def make_batch(sizes=((120, 160), (96, 128)), boxes_per_image=None, seed=0, num_classes=80):
     """Random uint8 images of different sizes (so the batch is padded) and targets.
 

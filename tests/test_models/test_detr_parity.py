@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from helpers import PYTHON, make_batch, preprocess, run_tool
+from helpers import FLOAT64_SIZES, PYTHON, make_batch, preprocess, run_tool
 from mmdet_reference import (assert_gradients_match, assert_losses_match,
                              assert_mutation_is_caught, build_mmdet, build_ours, detach_output,
                              float64_batch, float64_copies, losses_and_backward, mmdet_config,
@@ -49,7 +49,8 @@ def test_training_losses_and_gradients_match_in_float64(detr_pair):
     # mmdet keeps the class weights (1 and bg_cls_weight 0.1) in a float32 tensor, so its
     # float64 loss would weigh no-object by 0.100000001; give it the config's 0.1
     ref.bbox_head.loss_cls.class_weight = [1.0] * 80 + [ref.bbox_head.bg_cls_weight]
-    inputs, samples = preprocess(ref, *make_batch(boxes_per_image=[4, 2]), training=True)
+    inputs, samples = preprocess(ref, *make_batch(FLOAT64_SIZES, boxes_per_image=[4, 2]),
+                                 training=True)
     inputs, samples = float64_batch(inputs, samples)
     ref_losses = losses_and_backward(ref, inputs, samples)
     our_losses = losses_and_backward(ours, inputs, samples)

@@ -14,7 +14,7 @@ import contextlib
 
 import pytest
 import torch
-from helpers import PYTHON, make_batch, preprocess, run_tool
+from helpers import FLOAT64_SIZES, PYTHON, make_batch, preprocess, run_tool
 from mmdet_reference import (assert_gradients_match, assert_losses_match,
                              assert_mutation_is_caught, build_mmdet, build_ours, float64_batch,
                              float64_copies, losses_and_backward, mmdet_config, perturb)
@@ -112,7 +112,7 @@ def look_forward_twice_off(model):
 @pytest.mark.parametrize('boxes_per_image', [[4, 0], [0, 0]])
 def test_training_losses_and_gradients_match_in_float64(pair, boxes_per_image):
     ref, ours = float64_copies(*pair)
-    inputs, samples = preprocess(ref, *make_batch(boxes_per_image=boxes_per_image),
+    inputs, samples = preprocess(ref, *make_batch(FLOAT64_SIZES, boxes_per_image=boxes_per_image),
                                  training=True)
     inputs, samples = float64_batch(inputs, samples)
     # the same seed: both denoising generators draw the same noise in the same order
