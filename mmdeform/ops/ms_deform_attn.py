@@ -23,6 +23,7 @@ import). On CUDA, ``'mmcv'`` where mmcv was compiled with CUDA, else ``'triton'`
 long-standing choice, stays first; switch the order once Triton is measured faster.
 """
 import functools
+import importlib
 import os
 import warnings
 from typing import Optional
@@ -113,19 +114,18 @@ def mmcv_cuda_op_available() -> bool:
 
 
 @functools.lru_cache(None)
-def _triton_kernels():
-    """``msda_triton``, imported on first use: importing mmdeform never needs triton."""
+def _triton_kernels(module: str = 'msda_triton', op: str = 'multi_scale_deformable_attn'):
+    """This package's Triton module ``module`` (``msda_triton``, ``na_triton``), imported on
+    first use: importing mmdeform never needs triton."""
     try:
-        from . import msda_triton
+        return importlib.import_module(f'{__package__}.{module}')
     except ImportError as err:
-        raise RuntimeError(f"multi_scale_deformable_attn: backend 'triton' needs the triton "
-                           f'package ({err})') from err
-    return msda_triton
+        raise RuntimeError(f"{op}: backend 'triton' needs the triton package ({err})") from err
 
 
-def _triton_importable() -> bool:
+def _triton_importable(module: str = 'msda_triton') -> bool:
     try:
-        _triton_kernels()
+        _triton_kernels(module)
     except RuntimeError:
         return False
     return True

@@ -139,13 +139,13 @@ def test_window_attention_matches_masked_attention(shift, size):
         torch.testing.assert_close(attn(x)[0], _window_reference(attn, x), rtol=1e-7, atol=1e-7)
 
 
-@pytest.mark.parametrize('kernel', [True, False], ids=['cpu_kernel', 'pytorch_path'])
+@pytest.mark.parametrize('backend', ['cpp', 'pytorch'], ids=['cpu_kernel', 'pytorch_path'])
 @pytest.mark.parametrize('size', [(9, 11), (4, 8)])
-def test_neighborhood_attention_matches_brute_force(size, kernel, monkeypatch):
-    import mmdeform.models.backbones.dat_blocks as blocks
-    if kernel and not blocks.NA_KERNEL_AVAILABLE:
+def test_neighborhood_attention_matches_brute_force(size, backend, monkeypatch):
+    from mmdeform.ops import NA_KERNEL_AVAILABLE
+    if backend == 'cpp' and not NA_KERNEL_AVAILABLE:
         pytest.skip('CPU kernel not built')
-    monkeypatch.setattr(blocks, 'NA_KERNEL_AVAILABLE', kernel)
+    monkeypatch.setenv('MMDEFORM_NA_BACKEND', backend)
     torch.manual_seed(2)
     k, C, nh = 7, 8, 2
     hc = C // nh

@@ -13,6 +13,9 @@ Attention weights are a softmax over levels x points. Forward runs under
 "Extra" memory is the peak resident set during the call minus the resident set before
 it (the inputs), so it counts the output, the gradients and everything in between.
 """
+import os
+from unittest import mock
+
 import torch
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
@@ -114,30 +117,32 @@ def run_na_benchmark(args, run_cases, Case):
     """DAT++'s NeighborhoodAttention block (qkv, 7x7 windows, bias, softmax, proj),
     forward + backward: our CPU kernels against the block's own PyTorch path."""
     import mmdeform.models.backbones.dat_blocks as blocks
-    if not blocks.NA_KERNEL_AVAILABLE:
+    from mmdeform.ops import NA_KERNEL_AVAILABLE
+    if not NA_KERNEL_AVAILABLE:
         raise SystemExit('benchmark --mode na: the CPU kernel is not built')
+
+    def backend(name):
+        return mock.patch.dict(os.environ, MMDEFORM_NA_BACKEND=name)
+
     cases, diffs = [], []
     for label, b, c, h, w, heads in NA_CASES:
         torch.manual_seed(0)
         block = blocks.NeighborhoodAttention(c, heads, 7)
         x = torch.randn(b, c, h, w, requires_grad=True)
 
-        def run(kernel, block=block, x=x):
+        def run(name, block=block, x=x):
             def fn():
-                blocks.NA_KERNEL_AVAILABLE = kernel
-                try:
+                with backend(name):
                     block(x).sum().backward()
-                finally:
-                    blocks.NA_KERNEL_AVAILABLE = True
             return fn
 
         with torch.no_grad():
-            out = block(x)
-            blocks.NA_KERNEL_AVAILABLE = False
-            diffs.append((out - block(x)).abs().max().item())
-            blocks.NA_KERNEL_AVAILABLE = True
+            with backend('cpp'):
+                out = block(x)
+            with backend('pytorch'):
+                diffs.append((out - block(x)).abs().max().item())
         cases.append(Case(f'{label} ({b}x{c}x{h}x{w}, {heads} heads), forward + backward',
-                          dict(ours=run(True), pytorch=run(False))))
+                          dict(ours=run('cpp'), pytorch=run('pytorch'))))
     rows = run_cases(cases, args)
     lines = [f"Block: DAT++'s NeighborhoodAttention, our CPU kernels vs its PyTorch path; torch "
              f'{torch.__version__}; {torch.get_num_threads()} threads; median of {args.repeats} '

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
-from mmdeform.ops import NA_KERNEL_AVAILABLE, neighborhood_av, neighborhood_qk
+from mmdeform.ops import neighborhood_av, neighborhood_qk
 
 
 class ChannelLayerNorm(nn.Module):
@@ -167,12 +167,10 @@ class NeighborhoodAttention(nn.Module):
     A map smaller than ``k`` is zero-padded at the bottom/right before the qkv
     projection, as in the official model (the padded pixels are attended to).
 
-    On the CPU the two products around the softmax are our C++ kernels
-    (:mod:`mmdeform.ops.neighborhood_attn`); elsewhere, or without the extension,
-    plain PyTorch over the ``k*k`` window slots (:func:`neighborhood_qk_pytorch`), which
-    keeps ``k*k`` shifted copies of the keys and values for the backward. ``natten``
-    0.14.6 (the official pin) does not build against current torch, and
-    natten >= 0.20 has no relative position bias.
+    The two products around the softmax are :mod:`mmdeform.ops.neighborhood_attn`'s:
+    our C++ kernels on the CPU, Triton on CUDA, else plain PyTorch over the ``k*k``
+    window slots (``MMDEFORM_NA_BACKEND`` chooses). ``natten`` 0.14.6 (the official pin)
+    does not build against current torch, and natten >= 0.20 has no relative position bias.
     """
 
     def __init__(self, dim: int, num_heads: int, kernel: int = 7) -> None:
@@ -201,35 +199,10 @@ class NeighborhoodAttention(nn.Module):
         rel_y = (rows - torch.arange(H, device=x.device) + k - 1)[:, None] + ar  # H, k
         rel_x = (cols - torch.arange(W, device=x.device) + k - 1)[:, None] + ar  # W, k
         bias = self.rpb[:, rel_y[:, None, :, None], rel_x[None, :, None, :]]  # heads, H, W, k, k
-        use_kernel = NA_KERNEL_AVAILABLE and not x.is_cuda
-        qk, av = ((neighborhood_qk, neighborhood_av) if use_kernel else
-                  (neighborhood_qk_pytorch, neighborhood_av_pytorch))
-        logits = qk(q * self.scale, key, k).view(B, nh, H, W, k * k)
+        logits = neighborhood_qk(q * self.scale, key, k).view(B, nh, H, W, k * k)
         attn = (logits + bias.flatten(3)).softmax(-1).view(B * nh, H, W, k * k)
-        out = av(attn, v, k).view(B, nh, H, W, C // nh)[:, :, :H0, :W0]
+        out = neighborhood_av(attn, v, k).view(B, nh, H, W, C // nh)[:, :, :H0, :W0]
         return self.proj(out.permute(0, 2, 3, 1, 4).reshape(B, H0, W0, C)).permute(0, 3, 1, 2)
-
-
-def _shifted(t: Tensor, a: int, b: int, k: int) -> Tensor:
-    """(N, H, W, c): every query's key at window slot (a, b). The window of row i starts
-    at ``clamp(i - k//2, 0, H - k)``, so slot a of rows k//2 .. H-1-k//2 is the slice
-    ``a .. a + H - k`` and the rows nearer a border repeat its first or last row: a
-    replicate pad by k//2."""
-    H, W = t.shape[1:3]
-    t = t[:, a:a + H - k + 1, b:b + W - k + 1].permute(0, 3, 1, 2)
-    return F.pad(t, (k // 2, ) * 4, mode='replicate').permute(0, 2, 3, 1)
-
-
-def neighborhood_qk_pytorch(q: Tensor, key: Tensor, k: int) -> Tensor:
-    """:func:`mmdeform.ops.neighborhood_qk` in PyTorch, one window slot at a time."""
-    return torch.stack([(q * _shifted(key, a, b, k)).sum(-1) for a in range(k)
-                        for b in range(k)], -1)
-
-
-def neighborhood_av_pytorch(attn: Tensor, v: Tensor, k: int) -> Tensor:
-    """:func:`mmdeform.ops.neighborhood_av` in PyTorch, one window slot at a time."""
-    return sum(attn[..., a * k + b, None] * _shifted(v, a, b, k) for a in range(k)
-               for b in range(k))
 
 
 # -------------------------------------------------- deformable attention
