@@ -1,7 +1,8 @@
 """The Triton backend of multi_scale_deformable_attn, run on CPU tensors by Triton's
 interpreter, against mmcv's PyTorch path: the C++ kernel's cases and references
 (``test_ms_deform_attn.py``), with the backend chosen as a user would, through
-``MMDEFORM_MSDA_BACKEND=triton``.
+``MMDEFORM_MSDA_BACKEND=triton``. ``test_under_the_interpreter`` runs the neighbourhood
+products' Triton tests (``test_neighborhood_attn_triton.py``) in the same subprocess.
 
 Triton reads ``TRITON_INTERPRET`` when it is imported (its own ``tl.zeros`` etc. are
 ``triton.jit`` functions), so it cannot be switched on inside a pytest process that has
@@ -24,22 +25,28 @@ pytest.importorskip('triton')
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
 # fp32 summation-order differences: torch.testing's float32 defaults
 FP32 = dict(rtol=1.3e-6, atol=1e-5)
+TRITON_MODULES = ('test_ms_deform_attn_triton.py', 'test_neighborhood_attn_triton.py')
 interpreted = pytest.mark.skipif(not INTERPRETING,
                                  reason='runs in the subprocess of test_under_the_interpreter')
 
 
 @pytest.mark.skipif(INTERPRETING, reason='this is that subprocess')
 def test_under_the_interpreter():
+    """This module and ``test_neighborhood_attn_triton.py``, in one subprocess (one start of
+    torch and triton) with both backends set to Triton."""
     env = dict(os.environ, TRITON_INTERPRET='1', MMDEFORM_MSDA_BACKEND='triton',
-               PYTHONPATH=ROOT)
+               MMDEFORM_NA_BACKEND='triton', PYTHONPATH=ROOT)
     env.pop('MMDEFORM_MSDA_DETERMINISTIC', None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    modules = [os.path.join(here, name) for name in TRITON_MODULES]
     # -n 0: in this process, not on pytest.ini's two workers
-    proc = subprocess.run([sys.executable, '-m', 'pytest', os.path.abspath(__file__), '-q',
-                           '-n', '0', '-p', 'no:cacheprovider'], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, '-m', 'pytest', *modules, '-q', '-n', '0', '-p',
+                           'no:cacheprovider', '-rs'], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert ' passed' in proc.stdout and 'skipped' not in proc.stdout.replace(
-        '1 skipped', ''), proc.stdout[-2000:]
+    # the one test skipped there is this one
+    assert ' passed' in proc.stdout and ', 1 skipped' in proc.stdout, proc.stdout[-2000:]
+    assert all(f'{name}::' in proc.stdout or name in proc.stdout for name in TRITON_MODULES)
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 Triton's interpreter, against the PyTorch path (``k*k`` shifted copies, autograd) and the
 C++ kernel, with the backend chosen as a user would, through ``MMDEFORM_NA_BACKEND``.
 
-As in ``test_ms_deform_attn_triton.py``, ``TRITON_INTERPRET`` must be set before triton
-is imported: ``test_under_the_interpreter`` runs this module in a subprocess with
-``TRITON_INTERPRET=1 MMDEFORM_NA_BACKEND=triton``, where the other tests run.
+``TRITON_INTERPRET`` must be set before triton is imported: ``test_under_the_interpreter``
+of ``test_ms_deform_attn_triton.py`` runs this module and that one in one subprocess with
+``TRITON_INTERPRET=1 MMDEFORM_NA_BACKEND=triton``, where their tests run.
 """
 import os
-import subprocess
 import sys
 
 import pytest
@@ -28,18 +27,6 @@ OPS = {'qk': (neighborhood_qk, neighborhood_qk_pytorch),
 # (N, H, W, C), kernel: H = W = kernel; H = kernel on a wide map; two maps with H = 2k - 1,
 # whose middle row is in all 5 windows of its column, the longest inverse run (2k - 1)
 CASES = [((1, 7, 7, 3), 7), ((1, 5, 11, 2), 5), ((2, 5, 9, 5), 3)]
-
-
-@pytest.mark.skipif(INTERPRETING, reason='this is that subprocess')
-def test_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET='1', MMDEFORM_NA_BACKEND='triton', PYTHONPATH=ROOT)
-    # -n 0: in this process, not on pytest.ini's two workers
-    proc = subprocess.run([sys.executable, '-m', 'pytest', os.path.abspath(__file__), '-q',
-                           '-n', '0', '-p', 'no:cacheprovider'], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert ' passed' in proc.stdout and 'skipped' not in proc.stdout.replace(
-        '1 skipped', ''), proc.stdout[-2000:]
 
 
 def make_inputs(name, shape, k, dtype=torch.float64, seed=0):
