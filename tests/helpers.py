@@ -55,6 +55,11 @@ def make_batch(sizes=((120, 160), (96, 128)), boxes_per_image=None, seed=0, num_
     return images, samples
 
 
+def batch_to(device, inputs, samples):
+    """A preprocessed batch on ``device``."""
+    return inputs.to(device), [s.to(device) for s in samples]
+
+
 def preprocess(model, images, samples, training=False):
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training)
     return data['inputs'], data['data_samples']
