@@ -147,9 +147,11 @@ def test_layer_keeps_mmcvs_op_on_the_cpu():
 @pytest.mark.skipif(DEVICE != 'cuda', reason='CUDA autocast: MMDEFORM_TEST_DEVICE=cuda')
 def test_layer_under_cuda_autocast():
     """AMP: torchvision computes deform_conv2d in float32 under CUDA autocast (its autocast
-    kernel), with the fp16 offsets and mask of the autocast offset conv: the result is the
-    float32 one computed from those fp16-rounded offsets and masks, within float32
-    rounding (1e-5 relative, sums of 36 products)."""
+    kernel), with the fp16 offsets and mask of the autocast offset conv: the result is mmcv's
+    float32 one from those same fp16 offsets and masks, up to float32 rounding. Each output
+    sums 4 channels x 9 taps x 4 bilinear corners = 144 terms, each under 1 (|x| < 5 here,
+    weights under 1/6 by mmcv's init, masks and bilinear weights under 1): another order
+    of summation moves it by at most 144 * 1.2e-7 = 1.7e-5, so atol 1e-4."""
     _, ours = _pair_of_layers()
     ours.float().to(DEVICE)
     x = torch.randn(2, 4, 9, 10, device=DEVICE)
@@ -161,7 +163,7 @@ def test_layer_under_cuda_autocast():
     expected = modulated_deform_conv2d(x.cpu(), offset.float().cpu(), mask.float().cpu(),
                                        ours.weight.detach().cpu(), ours.bias.detach().cpu(),
                                        1, 1, 1, 1, 2)
-    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_dcn_config_builds_this_layer():
