@@ -108,7 +108,8 @@ run_step() {
 strip() { sed -E 's/^\[ *[0-9]+s\] //' "$1"; }
 last_lines() { strip "$1" | tail -n 2; }
 pytest_summary() {
-    strip "$1" | grep -E '[0-9]+ (passed|failed|error|skipped)|^ERROR|^FAILED' | tail -n 4
+    strip "$1" | grep -E '[0-9]+ (passed|failed|error|skipped)|^ERROR|^FAILED' | tail -n 4 \
+        | sed -E 's/^=+ | =+$//g'
 }
 install_summary() { strip "$1" | grep '^\[install\]' | tail -n 3; }
 train_summary() {
