@@ -5,7 +5,8 @@ first and then in mmdet and mmengine, so mmdet's datasets, transforms,
 ResNet, ChannelMapper, losses and ``CocoMetric`` are used by their plain names.
 Every mmdet registry gets a child, so that the Runner never falls back to
 another scope with a warning. ``locations`` make a registry import the
-modules that fill it the first time it is searched.
+modules that fill it the first time it is searched (``mmdeform.ops.deform_conv``
+replaces mmcv's ``DCNv2`` conv layer in this scope).
 """
 from mmdet import registry as mmdet_registry
 from mmengine.registry import Registry
@@ -25,7 +26,7 @@ LOG_PROCESSORS = _child('LOG_PROCESSORS')
 DATASETS = _child('DATASETS', 'mmdeform.datasets')
 DATA_SAMPLERS = _child('DATA_SAMPLERS')
 TRANSFORMS = _child('TRANSFORMS', 'mmdeform.datasets')
-MODELS = _child('MODELS', 'mmdeform.models')
+MODELS = _child('MODELS', 'mmdeform.models', 'mmdeform.ops.deform_conv')
 MODEL_WRAPPERS = _child('MODEL_WRAPPERS', 'mmdeform.engine')
 WEIGHT_INITIALIZERS = _child('WEIGHT_INITIALIZERS')
 OPTIMIZERS = _child('OPTIMIZERS')

@@ -14,6 +14,15 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """An unusable MMDEFORM_TEST_DEVICE stops the run before any test (one line)."""
+    from helpers import device_under_test
+    try:
+        device_under_test()
+    except (ValueError, RuntimeError) as err:
+        raise pytest.UsageError(str(err)) from None
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _register_modules():
     import mmdet.utils

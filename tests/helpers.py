@@ -10,6 +10,25 @@ from mmengine.structures import InstanceData
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
+DEVICES = ('cpu', 'cuda')
+
+
+def device_under_test() -> str:
+    """``MMDEFORM_TEST_DEVICE`` (``cpu`` by default, or ``cuda``): where the tests that
+    support it run our model or op (tools/gpu_check.sh sets it). A CUDA request without
+    CUDA is an error, never a quiet run on the CPU; on CUDA, TF32 is switched off, so that
+    float32 tolerances mean float32."""
+    device = os.environ.get('MMDEFORM_TEST_DEVICE', 'cpu')
+    if device not in DEVICES:
+        raise ValueError(f'MMDEFORM_TEST_DEVICE={device!r}: expected one of {", ".join(DEVICES)}')
+    if device == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError('MMDEFORM_TEST_DEVICE=cuda, but torch sees no CUDA device '
+                               f'(torch {torch.__version__}, built for CUDA '
+                               f'{torch.version.cuda or "none"})')
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
 
 
 # Two padded images at a quarter of make_batch's pixels, for the float64 training parity:
@@ -40,6 +59,11 @@ def make_batch(sizes=((120, 160), (96, 128)), boxes_per_image=None, seed=0, num_
         sample.gt_instances = gt
         samples.append(sample)
     return images, samples
+
+
+def batch_to(device, inputs, samples):
+    """A preprocessed batch on ``device``."""
+    return inputs.to(device), [s.to(device) for s in samples]
 
 
 def preprocess(model, images, samples, training=False):

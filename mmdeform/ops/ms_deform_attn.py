@@ -18,9 +18,11 @@ Backends (``backend=`` per call, else ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``
 * ``'pytorch'``: mmcv's ``multi_scale_deformable_attn_pytorch`` (``F.grid_sample``), any device.
 
 ``'auto'``: on the CPU, ``'cpp'`` (``'pytorch'`` where it was not built, with one warning at
-import). On CUDA, ``'mmcv'`` where mmcv was compiled with CUDA, else ``'triton'`` (else
-``'pytorch'`` without triton). Nothing has been timed on a GPU yet, so mmcv's op, the
-long-standing choice, stays first; switch the order once Triton is measured faster.
+import). On CUDA, ``'mmcv'`` where mmcv was compiled with CUDA, else ``'triton'``. Nothing
+has been timed on a GPU yet, so mmcv's op, the long-standing choice, stays first; switch
+the order once Triton is measured faster. With neither, ``'auto'`` on CUDA is an error
+(:data:`NO_CUDA_BACKEND`), raised when an ``MSDeformAttn`` is moved to CUDA, before any
+forward, rather than a quiet fall back to the ``'pytorch'`` path, which must be named.
 """
 import functools
 import importlib
@@ -33,6 +35,8 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from mmdeform.utils.errors import InputError, ReportedError
 
 try:
     from . import _msda_cpu
@@ -106,6 +110,14 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 BACKENDS = ('auto', 'cpp', 'triton', 'mmcv', 'pytorch')
 
 
+class BackendNameError(InputError, ValueError):
+    """A backend name (argument or ``MMDEFORM_MSDA_BACKEND``) that is not in ``BACKENDS``."""
+
+
+class BackendUnavailableError(ReportedError, RuntimeError):
+    """A backend that cannot run on the tensors' device here; the message says what is missing."""
+
+
 @functools.lru_cache(None)
 def mmcv_cuda_op_available() -> bool:
     """Whether mmcv's extension was compiled with CUDA (only then has its op a CUDA kernel)."""
@@ -120,7 +132,8 @@ def _triton_kernels(module: str = 'msda_triton', op: str = 'multi_scale_deformab
     try:
         return importlib.import_module(f'{__package__}.{module}')
     except ImportError as err:
-        raise RuntimeError(f"{op}: backend 'triton' needs the triton package ({err})") from err
+        raise BackendUnavailableError(f"{op}: backend 'triton' needs the triton package "
+                                      f'({err})') from err
 
 
 def _triton_importable(module: str = 'msda_triton') -> bool:
@@ -131,38 +144,64 @@ def _triton_importable(module: str = 'msda_triton') -> bool:
     return True
 
 
-def check_backend(name: str) -> str:
+def check_backend(name: str, source: str = 'backend=') -> str:
     if name not in BACKENDS:
-        raise ValueError(f'multi_scale_deformable_attn: unknown backend {name!r} (argument or '
-                         f'MMDEFORM_MSDA_BACKEND); valid: {", ".join(BACKENDS)}')
+        raise BackendNameError(f'multi_scale_deformable_attn: unknown backend {name!r} (from '
+                               f'{source}); valid: {", ".join(BACKENDS)}')
+    return name
+
+
+def requested_backend(backend: Optional[str] = None) -> str:
+    """``backend``, else ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``, checked to be a name."""
+    if backend:
+        return check_backend(backend)
+    env = os.environ.get('MMDEFORM_MSDA_BACKEND')
+    return check_backend(env, 'MMDEFORM_MSDA_BACKEND') if env else 'auto'
+
+
+NO_CUDA_BACKEND = ('deformable attention on CUDA needs triton (pip install triton) or mmcv '
+                   'compiled with CUDA ops; neither is available (or set '
+                   "MMDEFORM_MSDA_BACKEND=pytorch for mmcv's slower grid_sample path)")
+
+
+def resolve_backend(backend: Optional[str], on_cuda: bool, where: str = 'cpu') -> str:
+    """The backend that runs on CPU or CUDA tensors (``where`` names their device in the
+    errors), as the module docstring says; :class:`BackendUnavailableError` if it cannot."""
+    name = requested_backend(backend)
+    if name == 'auto':
+        if on_cuda:
+            # not measured yet (no GPU here): mmcv's compiled op first where it exists
+            if mmcv_cuda_op_available():
+                return 'mmcv'
+            if _triton_importable():
+                return 'triton'
+            raise BackendUnavailableError(NO_CUDA_BACKEND)
+        return 'cpp' if CPU_KERNEL_AVAILABLE else 'pytorch'
+    error = None
+    if name == 'cpp' and (on_cuda or not CPU_KERNEL_AVAILABLE):
+        error = (f"backend 'cpp' runs on CPU tensors with mmdeform/ops/_msda_cpu built "
+                 f'(tensors on {where}, built: {CPU_KERNEL_AVAILABLE})')
+    if name == 'mmcv' and not (on_cuda and mmcv_cuda_op_available()):
+        error = (f"backend 'mmcv' needs CUDA tensors and mmcv compiled with CUDA (tensors on "
+                 f'{where}, mmcv CUDA: {mmcv_cuda_op_available()})')
+    if name == 'triton' and not (_triton_kernels().INTERPRETED or on_cuda):
+        error = (f"backend 'triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                 f'triton is imported for CPU tensors (tensors on {where})')
+    if error:
+        raise BackendUnavailableError(f'multi_scale_deformable_attn: {error}')
     return name
 
 
 def select_backend(value: Tensor, backend: Optional[str] = None) -> str:
     """The backend a call on ``value`` runs: ``backend``, else ``MMDEFORM_MSDA_BACKEND``,
     else ``'auto'`` resolved as the module docstring says."""
-    name = check_backend(backend or os.environ.get('MMDEFORM_MSDA_BACKEND') or 'auto')
-    if name == 'auto':
-        if value.is_cuda:
-            # not measured yet (no GPU here): mmcv's compiled op first where it exists
-            if mmcv_cuda_op_available():
-                return 'mmcv'
-            return 'triton' if _triton_importable() else 'pytorch'
-        return 'cpp' if CPU_KERNEL_AVAILABLE else 'pytorch'
-    where = value.device
-    if name == 'cpp' and (value.is_cuda or not CPU_KERNEL_AVAILABLE):
-        raise RuntimeError(f"multi_scale_deformable_attn: backend 'cpp' runs on CPU tensors "
-                           f'with mmdeform/ops/_msda_cpu built (tensors on {where}, built: '
-                           f'{CPU_KERNEL_AVAILABLE})')
-    if name == 'mmcv' and not (value.is_cuda and mmcv_cuda_op_available()):
-        raise RuntimeError(f"multi_scale_deformable_attn: backend 'mmcv' needs CUDA tensors "
-                           f'and mmcv compiled with CUDA (tensors on {where}, mmcv CUDA: '
-                           f'{mmcv_cuda_op_available()})')
-    if name == 'triton' and not (value.is_cuda or _triton_kernels().INTERPRETED):
-        raise RuntimeError(f"multi_scale_deformable_attn: backend 'triton' needs CUDA tensors, "
-                           f'or TRITON_INTERPRET=1 set before triton is imported for CPU '
-                           f'tensors (tensors on {where})')
-    return name
+    return resolve_backend(backend, value.is_cuda, str(value.device))
+
+
+def check_cuda_backend(backend: Optional[str] = None) -> str:
+    """The backend that would run on CUDA tensors, or the one-line error saying what is
+    missing; ``MSDeformAttn`` calls it when it is moved to CUDA, before any forward."""
+    return resolve_backend(backend, on_cuda=True, where='cuda')
 
 
 def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, num_rows: int) -> None:

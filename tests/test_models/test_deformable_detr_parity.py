@@ -6,14 +6,13 @@ and our model must give the same outputs and training losses on a padded batch o
 two images of different sizes.
 
 Set MMDEFORM_TEST_DEVICE=cuda to run our model on the GPU, where MSDeformAttn
-uses mmcv's compiled kernel, against mmdet's model on the CPU (mmcv's PyTorch
-implementation): the kernel is then checked against an independent path.
+uses our Triton kernel (or mmcv's compiled CUDA op), against mmdet's model on the
+CPU (mmcv's PyTorch implementation), an independent path (tools/gpu_check.sh).
 """
-import os
-
 import pytest
 import torch
-from helpers import FLOAT64_SIZES, PYTHON, make_batch, preprocess, run_tool
+from helpers import (FLOAT64_SIZES, PYTHON, batch_to, device_under_test, make_batch,
+                     preprocess, run_tool)
 from mmdet_reference import (assert_gradients_match, assert_losses_match,
                              assert_mutation_is_caught, build_mmdet, build_ours, detach_output,
                              float64_batch, float64_copies, losses_and_backward, mmdet_config,
@@ -22,7 +21,7 @@ from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
-DEVICE = os.environ.get('MMDEFORM_TEST_DEVICE', 'cpu')
+DEVICE = device_under_test()
 VARIANTS = {
     'deformable': ('deformable_detr/deformable-detr_r50_16xb2-50e_coco.py',
                    'configs/deformable_detr.py'),
@@ -48,15 +47,8 @@ def pair(request, tmp_path_factory):
     cfg.model.backbone.init_cfg = None
     ours = build_ours(cfg)
     ours.load_state_dict(load_checkpoint_file(str(tmp / 'mmdeform.pth'))['state_dict'], strict=True)
-    if DEVICE != 'cpu':
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        ours.to(DEVICE)
+    ours.to(DEVICE)
     return request.param, ref, ours
-
-
-def _on_device(inputs, samples):
-    return inputs.to(DEVICE), [s.to(DEVICE) for s in samples]
 
 
 def _cpu(x):
@@ -82,7 +74,7 @@ def test_eval_outputs_match(pair):
     inputs, samples = preprocess(ref, *make_batch())
     with torch.no_grad():
         ref_cls, ref_box = ref(inputs, samples, mode='tensor')
-        raw = ours(*_on_device(inputs, samples), mode='tensor')
+        raw = ours(*batch_to(DEVICE, inputs, samples), mode='tensor')
         out = type(raw)(*map(_cpu, raw))
         assert out.all_cls_scores.shape == (6, 2, 300, 80)
         torch.testing.assert_close(out.all_cls_scores, ref_cls, atol=1e-4, rtol=0)

@@ -1,9 +1,13 @@
-"""DETR against mmdet 3.3.0's DETR: same outputs and losses after conversion."""
+"""DETR against mmdet 3.3.0's DETR: same outputs and losses after conversion.
+
+With MMDEFORM_TEST_DEVICE=cuda our model runs on the GPU against mmdet's on the CPU
+(the eval outputs; the float64 tests stay on the CPU)."""
 import copy
 
 import pytest
 import torch
-from helpers import FLOAT64_SIZES, PYTHON, make_batch, preprocess, run_tool
+from helpers import (FLOAT64_SIZES, PYTHON, batch_to, device_under_test, make_batch,
+                     preprocess, run_tool)
 from mmdet_reference import (assert_gradients_match, assert_losses_match,
                              assert_mutation_is_caught, build_mmdet, build_ours, detach_output,
                              float64_batch, float64_copies, losses_and_backward, mmdet_config,
@@ -12,6 +16,9 @@ from mmengine.config import Config
 
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
+DEVICE = device_under_test()
+on_the_cpu = pytest.mark.skipif(DEVICE != 'cpu', reason='float64 parity runs on the CPU; on '
+                                'CUDA, see test_eval_outputs_match')
 
 @pytest.fixture(scope='module')
 def detr_pair(tmp_path_factory):
@@ -28,7 +35,7 @@ def detr_pair(tmp_path_factory):
     ours = build_ours(cfg)
     state = load_checkpoint_file(str(tmp / 'mmdeform.pth'))['state_dict']
     ours.load_state_dict(state, strict=True)
-    return ref, ours
+    return ref, ours.to(DEVICE)
 
 
 def test_eval_outputs_match(detr_pair):
@@ -37,13 +44,15 @@ def test_eval_outputs_match(detr_pair):
     inputs, samples = preprocess(ref, *make_batch())
     with torch.no_grad():
         ref_cls, ref_box = ref(inputs, samples, mode='tensor')
-        out = ours(inputs, samples, mode='tensor')
+        out = ours(*batch_to(DEVICE, inputs, samples), mode='tensor')
+    out = type(out)(*(None if x is None else x.cpu() for x in out))
     assert out.all_cls_scores.shape == (6, 2, 100, 81)
     assert out.all_bbox_preds.shape == (6, 2, 100, 4)
     torch.testing.assert_close(out.all_cls_scores, ref_cls, atol=1e-4, rtol=0)
     torch.testing.assert_close(out.all_bbox_preds, ref_box, atol=1e-4, rtol=0)
 
 
+@on_the_cpu
 def test_training_losses_and_gradients_match_in_float64(detr_pair):
     ref, ours = float64_copies(*detr_pair)
     # mmdet keeps the class weights (1 and bg_cls_weight 0.1) in a float32 tensor, so its
@@ -63,6 +72,7 @@ def test_training_losses_and_gradients_match_in_float64(detr_pair):
                               detach_output(ours.decoder.layers[2]))
 
 
+@on_the_cpu
 def test_predictions_match_in_float64(detr_pair):
     """The detections (softmax, top-k, boxes in pixels). In float64: in float32 the boxes
     differ by up to 0.024 px at these sizes (normalised outputs 1e-6 apart, times the

@@ -9,12 +9,16 @@ the encoder proposals must agree to 1e-4 in float32; training losses and
 gradients in float64, with both denoising generators drawing the same noise (the
 same seed, and draws of the same order and shapes). The batch is padded and its
 second image has no box.
+
+With MMDEFORM_TEST_DEVICE=cuda our model runs on the GPU against mmdet's on the CPU
+(the eval outputs and detections at 100 queries; the float64 tests stay on the CPU).
 """
 import contextlib
 
 import pytest
 import torch
-from helpers import FLOAT64_SIZES, PYTHON, make_batch, preprocess, run_tool
+from helpers import (FLOAT64_SIZES, PYTHON, batch_to, device_under_test, make_batch,
+                     preprocess, run_tool)
 from mmdet_reference import (assert_gradients_match, assert_losses_match,
                              assert_mutation_is_caught, build_mmdet, build_ours, float64_batch,
                              float64_copies, losses_and_backward, mmdet_config, perturb)
@@ -24,6 +28,9 @@ from mmdeform.converters.mmdet import convert_mmdet
 from mmdeform.utils.checkpoint import load_checkpoint_file
 
 NUM_QUERIES = 100
+DEVICE = device_under_test()
+on_the_cpu = pytest.mark.skipif(DEVICE != 'cpu', reason='float64 parity runs on the CPU; on '
+                                'CUDA, see test_eval_outputs_match')
 
 
 def _build_models(num_queries, num_layers=6):
@@ -50,7 +57,7 @@ def pair(tmp_path_factory):
     converted = load_checkpoint_file(str(tmp / 'mmdeform.pth'))
     assert converted['meta']['source_format'] == 'mmdet-3.x dino'
     ours.load_state_dict(converted['state_dict'], strict=True)
-    return ref, ours
+    return ref, ours.to(DEVICE)
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +90,8 @@ def test_eval_outputs_match(pair):
     inputs, samples = preprocess(ref, *make_batch(boxes_per_image=[3, 0]))
     with torch.no_grad():
         ref_cls, ref_box = ref(inputs, samples, mode='tensor')
-        out = ours(inputs, samples, mode='tensor')
+        out = ours(*batch_to(DEVICE, inputs, samples), mode='tensor')
+        out = type(out)(*(None if x is None else x.cpu() for x in out))
         assert out.all_cls_scores.shape == (6, 2, NUM_QUERIES, 80)
         torch.testing.assert_close(out.all_cls_scores, ref_cls, atol=1e-4, rtol=0)
         torch.testing.assert_close(out.all_bbox_preds, ref_box, atol=1e-4, rtol=0)
@@ -92,7 +100,7 @@ def test_eval_outputs_match(pair):
         torch.testing.assert_close(out.enc_bbox_preds, enc_box, atol=1e-4, rtol=0)
         # and the detections
         ref_pred = ref.predict(inputs, samples)
-        our_pred = ours.predict(inputs, samples)
+        our_pred = [o.cpu() for o in ours.predict(*batch_to(DEVICE, inputs, samples))]
         for r, o in zip(ref_pred, our_pred):
             torch.testing.assert_close(o.pred_instances.scores, r.pred_instances.scores,
                                        atol=1e-4, rtol=0)
@@ -109,6 +117,7 @@ def look_forward_twice_off(model):
         model.decoder.look_forward_twice = True
 
 
+@on_the_cpu
 @pytest.mark.parametrize('boxes_per_image', [[4, 0], [0, 0]])
 def test_training_losses_and_gradients_match_in_float64(pair, boxes_per_image):
     ref, ours = float64_copies(*pair)
@@ -148,6 +157,7 @@ def _recorded(monkeypatch, model, method):
     return store
 
 
+@on_the_cpu
 def test_eval_outputs_match_at_900_queries(pair_900_float64, monkeypatch):
     """Padded cells are masked as mmdet and the official DINO do (zero memory, inf box,
     no mask on the score) and are picked when fewer than 900 cells are valid. In float64,

@@ -233,3 +233,97 @@ def test_fallback_without_the_extension(monkeypatch):
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ['1', 'False', 'none', 'False']
+
+
+@pytest.fixture
+def no_cuda_backend(monkeypatch):
+    """As on a CUDA machine with neither backend: mmcv built CPU-only, triton missing."""
+    monkeypatch.delenv('MMDEFORM_MSDA_BACKEND', raising=False)
+    monkeypatch.setattr(msda_module, 'mmcv_cuda_op_available', lambda: False)
+    monkeypatch.setattr(msda_module, '_triton_importable', lambda: False)
+
+    def no_triton():
+        raise RuntimeError("multi_scale_deformable_attn: backend 'triton' needs the triton "
+                           "package (No module named 'triton')")
+
+    monkeypatch.setattr(msda_module, '_triton_kernels', no_triton)
+
+
+def _fake_cuda(monkeypatch):
+    """No CUDA here: MSDeformAttn is told its weights are on CUDA, and a dtype change (an
+    ``_apply`` as ``.to('cuda')`` is) runs the check that moving it to CUDA runs."""
+    from mmdeform.models.layers import MSDeformAttn
+    monkeypatch.setattr(MSDeformAttn, '_on_cuda', lambda self: True)
+
+
+def test_cuda_without_a_backend_stops_when_the_detector_is_moved(no_cuda_backend, monkeypatch):
+    from mmdet_reference import build_ours
+    from mmengine.config import Config
+    cfg = Config.fromfile('tests/data/configs/ddetr_shapes_tiny.py')
+    model = build_ours(cfg)  # building needs no backend: nothing says CUDA yet
+    _fake_cuda(monkeypatch)
+    with pytest.raises(RuntimeError) as err:
+        model.to(torch.float64)
+    assert str(err.value) == msda_module.NO_CUDA_BACKEND and '\n' not in str(err.value)
+    assert 'needs triton (pip install triton) or mmcv compiled with CUDA ops' in str(err.value)
+    # the same line at the first call, for a caller that moved only the tensors
+    with pytest.raises(RuntimeError, match='needs triton .* or mmcv compiled with CUDA ops'):
+        msda_module.resolve_backend(None, on_cuda=True, where='cuda:0')
+
+
+def test_cuda_backends_that_can_run_pass_the_check(no_cuda_backend, monkeypatch):
+    from mmdeform.models.layers import MSDeformAttn
+    _fake_cuda(monkeypatch)
+    with pytest.raises(RuntimeError, match="backend 'triton' needs the triton package"):
+        MSDeformAttn(embed_dims=32, num_heads=4, backend='triton').double()
+    with pytest.raises(RuntimeError, match="backend 'mmcv' needs CUDA tensors and mmcv compiled "
+                                           'with CUDA'):
+        MSDeformAttn(embed_dims=32, num_heads=4, backend='mmcv').double()
+    MSDeformAttn(embed_dims=32, num_heads=4, backend='pytorch').double()  # named: allowed
+    monkeypatch.setenv('MMDEFORM_MSDA_BACKEND', 'pytorch')
+    MSDeformAttn(embed_dims=32, num_heads=4).double()
+    monkeypatch.delenv('MMDEFORM_MSDA_BACKEND')
+    monkeypatch.setattr(msda_module, '_triton_importable', lambda: True)
+    assert msda_module.check_cuda_backend() == 'triton'
+    monkeypatch.setattr(msda_module, 'mmcv_cuda_op_available', lambda: True)
+    assert msda_module.check_cuda_backend() == 'mmcv'
+    assert MSDeformAttn(embed_dims=32, num_heads=4).double().value_proj.weight.dtype == \
+        torch.float64
+
+
+def test_unknown_backend_names_list_the_valid_ones(monkeypatch):
+    """From the argument or from MMDEFORM_MSDA_BACKEND, at the layer's build and at a call;
+    the message says where the name came from."""
+    from mmdeform.models.layers import MSDeformAttn
+    valid = 'valid: auto, cpp, triton, mmcv, pytorch'
+    with pytest.raises(ValueError, match=rf"unknown backend 'gpu' \(from backend=\); {valid}$"):
+        MSDeformAttn(embed_dims=32, num_heads=4, backend='gpu')
+    monkeypatch.setenv('MMDEFORM_MSDA_BACKEND', 'Triton')
+    env_error = rf"unknown backend 'Triton' \(from MMDEFORM_MSDA_BACKEND\); {valid}$"
+    with pytest.raises(ValueError, match=env_error):
+        MSDeformAttn(embed_dims=32, num_heads=4)
+    value, shapes, start, loc, weights = make_inputs([[6, 8], [3, 4]])
+    with pytest.raises(ValueError, match=env_error):
+        multi_scale_deformable_attn(value, shapes, start, loc, weights)
+    # a valid argument wins over a wrong environment, as the order of choice says
+    out = multi_scale_deformable_attn(value, shapes, start, loc, weights, backend='pytorch')
+    assert torch.equal(out, multi_scale_deformable_attn_pytorch(value, shapes, loc, weights))
+
+
+@pytest.mark.parametrize('cause', ['no CUDA backend', 'unknown name'])
+def test_train_tool_stops_in_one_line_before_training(cause, no_cuda_backend, monkeypatch,
+                                                      tmp_path, capsys):
+    """tools/train.py: the Runner moves the model to its device when it is built (here the
+    fake CUDA request above), so a CUDA run without a backend stops there, before any data
+    is read, with the one line; a wrong MMDEFORM_MSDA_BACKEND stops the model's build."""
+    from helpers import tool_error
+    if cause == 'no CUDA backend':
+        _fake_cuda(monkeypatch)
+        expected = f'error: BackendUnavailableError: {msda_module.NO_CUDA_BACKEND}'
+    else:
+        monkeypatch.setenv('MMDEFORM_MSDA_BACKEND', 'gpu')
+        expected = ("error: BackendNameError: multi_scale_deformable_attn: unknown backend 'gpu' "
+                    '(from MMDEFORM_MSDA_BACKEND); valid: auto, cpp, triton, mmcv, pytorch')
+    line = tool_error('tools/train.py', ['tests/data/configs/ddetr_shapes_tiny.py',
+                                         '--work-dir', tmp_path], capsys)
+    assert line == expected

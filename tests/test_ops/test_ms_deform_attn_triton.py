@@ -8,6 +8,10 @@ Triton reads ``TRITON_INTERPRET`` when it is imported (its own ``tl.zeros`` etc.
 ``triton.jit`` functions), so it cannot be switched on inside a pytest process that has
 already imported it: ``test_under_the_interpreter`` runs this module in a subprocess with
 ``TRITON_INTERPRET=1 MMDEFORM_MSDA_BACKEND=triton``, where the other tests run.
+
+On a GPU, ``MMDEFORM_TEST_DEVICE=cuda MMDEFORM_MSDA_BACKEND=triton`` (tools/gpu_check.sh)
+runs the same tests in this process on the compiled kernels, with value, locations and
+weights on CUDA, and mmcv's PyTorch path on the same tensors as the reference.
 """
 import os
 import subprocess
@@ -15,22 +19,32 @@ import sys
 
 import pytest
 import torch
+from helpers import device_under_test
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
 from mmdeform.ops import BACKENDS, multi_scale_deformable_attn, select_backend
 from mmdeform.ops import ms_deform_attn as msda_module
-from test_ms_deform_attn import CASES, ROOT, gradcheck_inputs, make_inputs, node_names
+from test_ms_deform_attn import CASES, ROOT, gradcheck_inputs, node_names
+from test_ms_deform_attn import make_inputs as make_cpu_inputs
 
 pytest.importorskip('triton')
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
+DEVICE = device_under_test()
 # fp32 summation-order differences: torch.testing's float32 defaults
 FP32 = dict(rtol=1.3e-6, atol=1e-5)
 TRITON_MODULES = ('test_ms_deform_attn_triton.py', 'test_neighborhood_attn_triton.py')
-interpreted = pytest.mark.skipif(not INTERPRETING,
+interpreted = pytest.mark.skipif(not (INTERPRETING or DEVICE == 'cuda'),
                                  reason='runs in the subprocess of test_under_the_interpreter')
 
 
-@pytest.mark.skipif(INTERPRETING, reason='this is that subprocess')
+def make_inputs(*args, **kwargs):
+    """``test_ms_deform_attn.make_inputs`` with value, locations and weights on DEVICE."""
+    value, shapes, start, loc, weights = make_cpu_inputs(*args, **kwargs)
+    return value.to(DEVICE), shapes, start, loc.to(DEVICE), weights.to(DEVICE)
+
+
+@pytest.mark.skipif(INTERPRETING or DEVICE == 'cuda',
+                    reason='this is that subprocess, or the kernels run on CUDA')
 def test_under_the_interpreter():
     """This module and ``test_neighborhood_attn_triton.py``, in one subprocess (one start of
     torch and triton) with both backends set to Triton."""
@@ -52,7 +66,7 @@ def test_under_the_interpreter():
 @pytest.fixture
 def kernels(monkeypatch):
     from mmdeform.ops import msda_triton
-    assert msda_triton.INTERPRETED
+    assert msda_triton.INTERPRETED or DEVICE == 'cuda'
     monkeypatch.delenv('MMDEFORM_MSDA_DETERMINISTIC', raising=False)
     return msda_triton
 
@@ -114,7 +128,7 @@ class _Spy:
 @interpreted
 def test_padding_mask_and_non_contiguous_inputs():
     value, shapes, start, loc, weights = make_inputs([[6, 5], [3, 3]], heads=4, dims=8)
-    mask = torch.zeros(value.shape[:2], dtype=torch.bool)
+    mask = torch.zeros(value.shape[:2], dtype=torch.bool, device=value.device)
     mask[1, 20:30] = True
     value = value.masked_fill(mask[..., None, None], 0.0)
     value_nc = value.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
@@ -142,8 +156,9 @@ def test_gradcheck_fp64(deterministic):
                                            deterministic=deterministic)
 
     # fast mode (random directions): the full Jacobian takes minutes in the interpreter
-    assert torch.autograd.gradcheck(fn, gradcheck_inputs(), eps=1e-6, atol=1e-5,
-                                    fast_mode=True)
+    inputs = [t.detach().to(DEVICE).requires_grad_() if t.requires_grad else t
+              for t in gradcheck_inputs()]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 @interpreted
@@ -191,13 +206,13 @@ def test_errors():
 
 @interpreted
 def test_backend_selection(monkeypatch, kernels):
-    value = torch.zeros(1, 4, 1, 2)
+    value = torch.zeros(1, 4, 1, 2, device=DEVICE)
     assert select_backend(value) == 'triton'  # from MMDEFORM_MSDA_BACKEND
     assert select_backend(value, 'pytorch') == 'pytorch'  # the call site wins
     monkeypatch.setattr(kernels, 'INTERPRETED', False)
     with pytest.raises(RuntimeError, match="backend 'triton' needs CUDA tensors, or "
                                            'TRITON_INTERPRET=1'):
-        select_backend(value, 'triton')
+        select_backend(value.cpu(), 'triton')
 
 
 def test_backend_names_and_defaults(monkeypatch):

@@ -14,6 +14,10 @@ allocated by torch; CPU: the process's peak resident set during the run, via
 Cases: inference at batch 1 for each --sizes entry, and one training step
 (forward, loss, backward, AdamW step) at batch 2 for each --train-sizes entry.
 
+On CUDA with an mmcv built without CUDA ops (``tools/install.sh``'s), mmdet's
+deformable attention would call mmcv's missing CUDA kernel; it is pointed at mmcv's
+PyTorch path instead, the path it takes on the CPU, and the table says so.
+
 ``--mode op`` times the deformable-attention op alone (``mmdeform.ops``, our CPU
 kernel on the CPU) against mmcv's ``multi_scale_deformable_attn_pytorch``, which is
 what mmcv and mmdet run on the CPU: see ``benchmark_op.py``. ``--mode na`` times DAT++'s
@@ -94,7 +98,22 @@ def build_pair(args):
         ours = MODELS.build(our_cfg.model)
     state_dict, report, _ = convert_mmdet(ref.state_dict(), {})
     ours.load_state_dict(state_dict, strict=True)
+    from mmdeform.ops.ms_deform_attn import mmcv_cuda_op_available
+    if args.device.startswith('cuda') and not mmcv_cuda_op_available():
+        import mmcv.ops.multi_scale_deform_attn as mmcv_msda
+        mmcv_msda.IS_CUDA_AVAILABLE = False  # mmdet's layer: mmcv's PyTorch path on CUDA
     return ours.to(args.device), ref.to(args.device)
+
+
+def attention_paths(device: str) -> str:
+    """Which deformable attention each model runs on ``device``."""
+    from mmdeform.ops.ms_deform_attn import mmcv_cuda_op_available, resolve_backend
+    ours = resolve_backend(None, on_cuda=device.startswith('cuda'), where=device)
+    if not device.startswith('cuda'):
+        return f"Deformable attention: ours '{ours}', mmdet mmcv's PyTorch path."
+    mmdet = ("mmcv's compiled CUDA op" if mmcv_cuda_op_available() else
+             "mmcv's PyTorch path (this mmcv has no CUDA ops)")
+    return f"Deformable attention: ours '{ours}', mmdet {mmdet}."
 
 
 def make_inputs(model, size, batch, device, training):
@@ -261,7 +280,8 @@ def _time_case(case: Case, args) -> dict:
 def format_table(rows, args, device_name) -> str:
     lines = [f'Device: {device_name}; torch {torch.__version__}; threads {torch.get_num_threads()}; '
              f'median of {args.repeats} alternating repeats after {args.warmup} warm-up runs.',
-             f'Models: `{args.config}` vs mmdet `{args.mmdet_config}` (same weights).', '',
+             f'Models: `{args.config}` vs mmdet `{args.mmdet_config}` (same weights). '
+             f'{attention_paths(args.device)}', '',
              '| case | ours (s) | mmdet (s) | speed-up | peak ours (MiB) | peak mmdet (MiB) | '
              'extra ours (MiB) | extra mmdet (MiB) | extra ours / mmdet |',
              '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -275,6 +295,8 @@ def format_table(rows, args, device_name) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f'benchmark: --device {args.device}, but torch sees no CUDA device')
     if args.device == 'cpu':
         torch.set_num_threads(args.threads)
     if args.mode == 'op':

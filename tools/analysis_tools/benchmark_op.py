@@ -8,18 +8,25 @@ an 800x1066 image (strides 8-64: levels 100x134, 50x67, 25x34, 13x17, Nv = 17,82
   cell centres moved by offsets of about 2 cells, as a trained encoder samples;
 * decoder: 300 queries (Deformable DETR) and 900 (DINO) around random boxes.
 
+On CUDA (``--device cuda``) ours is the Triton kernel (``backend='triton'``) and the
+reference mmcv's compiled CUDA op where mmcv was built with CUDA, else its PyTorch path
+(``tools/install.sh`` builds mmcv CPU-only); the table says which.
+
 Attention weights are a softmax over levels x points. Forward runs under
 ``torch.no_grad()``; forward + backward differentiates value, locations and weights.
 "Extra" memory is the peak resident set during the call minus the resident set before
 it (the inputs), so it counts the output, the gradients and everything in between.
 """
+import functools
 import os
 from unittest import mock
 
 import torch
-from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
+                                              multi_scale_deformable_attn_pytorch)
 
 from mmdeform.ops import cpu_kernel_isa, multi_scale_deformable_attn
+from mmdeform.ops.ms_deform_attn import mmcv_cuda_op_available
 
 LEVELS_800x1066 = [[100, 134], [50, 67], [25, 34], [13, 17]]
 
@@ -70,6 +77,22 @@ def _mmcv(value, shapes, start, loc, weights):
     return multi_scale_deformable_attn_pytorch(value, shapes, loc, weights)
 
 
+def _mmcv_cuda(value, shapes, start, loc, weights):
+    return MultiScaleDeformableAttnFunction.apply(value, shapes, start, loc, weights, 64)
+
+
+def op_pair(device: str):
+    """(ours, its label, the reference, its label) on ``device``."""
+    if not device.startswith('cuda'):
+        return (multi_scale_deformable_attn, f'CPU kernel, {cpu_kernel_isa()}', _mmcv,
+                "mmcv's multi_scale_deformable_attn_pytorch")
+    ours = functools.partial(multi_scale_deformable_attn, backend='triton')
+    if mmcv_cuda_op_available():
+        return ours, 'Triton', _mmcv_cuda, "mmcv's compiled CUDA op"
+    return (ours, 'Triton', _mmcv, "mmcv's multi_scale_deformable_attn_pytorch (this mmcv "
+            'has no CUDA ops)')
+
+
 def _emit(table: str, args) -> None:
     """Print the markdown table and, with ``--out``, write it there."""
     print('\n' + table)
@@ -80,20 +103,22 @@ def _emit(table: str, args) -> None:
 
 def run_op_benchmark(args, run_cases, Case):
     """Rows of (case, our time, mmcv's time, speed-up, extra memory of each)."""
+    ours, ours_label, ref, ref_label = op_pair(args.device)
     cases, diffs = [], []
     for label, nq in (('encoder 800x1066', None), ('decoder 300 queries', 300),
                       ('decoder 900 queries', 900)):
-        inputs = make_op_inputs(nq)
+        inputs = [t.to(args.device) for t in make_op_inputs(nq)]
         with torch.no_grad():
-            diff = (multi_scale_deformable_attn(*inputs) - _mmcv(*inputs)).abs().max().item()
+            diff = (ours(*inputs) - ref(*inputs)).abs().max().item()
         for kind, make in (('forward', _forward), ('forward + backward', _forward_backward)):
-            cases.append(Case(f'{label}, {kind}', dict(ours=make(multi_scale_deformable_attn, *inputs),
-                                                       mmcv=make(_mmcv, *inputs))))
+            cases.append(Case(f'{label}, {kind}', dict(ours=make(ours, *inputs),
+                                                       mmcv=make(ref, *inputs))))
             diffs.append(diff)
     rows = run_cases(cases, args)
-    lines = [f'Op: mmdeform.ops.multi_scale_deformable_attn (CPU kernel, {cpu_kernel_isa()}) vs '
-             "mmcv's multi_scale_deformable_attn_pytorch; torch "
-             f'{torch.__version__}; {torch.get_num_threads()} threads; median of {args.repeats} '
+    where = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
+             f'{torch.get_num_threads()} threads')
+    lines = [f'Op: mmdeform.ops.multi_scale_deformable_attn ({ours_label}) vs {ref_label}; '
+             f'torch {torch.__version__}; {where}; median of {args.repeats} '
              f'alternating repeats after {args.warmup} warm-up runs.', '',
              '| case | ours (ms) | mmcv (ms) | speed-up | extra memory ours (MiB) | '
              'extra memory mmcv (MiB) | ours / mmcv memory | max abs diff |',

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdeform.ops import multi_scale_deformable_attn
-from mmdeform.ops.ms_deform_attn import check_backend
+from mmdeform.ops.ms_deform_attn import check_cuda_backend, requested_backend
 
 
 class MSDeformAttn(nn.Module):
@@ -28,7 +28,8 @@ class MSDeformAttn(nn.Module):
         num_points: ``K`` sampling points per head and level (4).
         im2col_step: mmcv's CUDA kernel's batch chunk.
         backend: this layer's MSDA backend (``mmdeform.ops.BACKENDS``); ``None`` follows
-            ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``.
+            ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``. A wrong name is an error here, and
+            moving the layer to CUDA where no backend can run there is one too.
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
@@ -43,7 +44,8 @@ class MSDeformAttn(nn.Module):
         self.num_levels = num_levels
         self.num_points = num_points
         self.im2col_step = im2col_step
-        self.backend = None if backend is None else check_backend(backend)
+        requested_backend(backend)  # a wrong name stops the build
+        self.backend = backend
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(embed_dims, embed_dims)
@@ -70,6 +72,16 @@ class MSDeformAttn(nn.Module):
         for proj in (self.value_proj, self.output_proj):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.constant_(proj.bias, 0.0)
+
+    def _apply(self, fn, *args, **kwargs):
+        # every .to() / .cuda() / .half() of a model comes through here
+        super()._apply(fn, *args, **kwargs)
+        if self._on_cuda():
+            check_cuda_backend(self.backend)
+        return self
+
+    def _on_cuda(self) -> bool:
+        return self.value_proj.weight.is_cuda
 
     def sampling(self, query: Tensor, reference_points: Tensor, spatial_shapes: Tensor):
         """Sampling locations ``(B, Nq, M, L, K, 2)`` in [0, 1] and their attention
