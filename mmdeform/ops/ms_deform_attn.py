@@ -28,12 +28,14 @@ import functools
 import importlib
 import os
 import warnings
+from importlib import metadata
 from typing import Optional
 
 import torch
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
 from torch import Tensor
+from packaging.version import Version
 from torch.autograd.function import once_differentiable
 
 from mmdeform.utils.errors import InputError, ReportedError
@@ -125,10 +127,22 @@ def mmcv_cuda_op_available() -> bool:
     return get_compiling_cuda_version() != 'not available'
 
 
+# the oldest triton our kernels are written for (tested: 3.8, torch 2.14's)
+TRITON_MIN = '3.0'
+
+
 @functools.lru_cache(None)
 def _triton_kernels(module: str = 'msda_triton', op: str = 'multi_scale_deformable_attn'):
     """This package's Triton module ``module`` (``msda_triton``, ``na_triton``), imported on
     first use: importing mmdeform never needs triton."""
+    try:
+        found = metadata.version('triton')
+    except metadata.PackageNotFoundError:
+        found = None
+    if found is not None and Version(found) < Version(TRITON_MIN):
+        # torch 2.1's triton 2.1 lacks the language of our kernels (and its interpreter)
+        raise BackendUnavailableError(f"{op}: backend 'triton' needs triton>={TRITON_MIN}, "
+                                      f'found triton=={found} (torch {torch.__version__})')
     try:
         return importlib.import_module(f'{__package__}.{module}')
     except ImportError as err:

@@ -24,10 +24,11 @@ from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
 from mmdeform.ops import BACKENDS, multi_scale_deformable_attn, select_backend
 from mmdeform.ops import ms_deform_attn as msda_module
+from mmdeform.ops.ms_deform_attn import TRITON_MIN
 from test_ms_deform_attn import CASES, ROOT, gradcheck_inputs, node_names
 from test_ms_deform_attn import make_inputs as make_cpu_inputs
 
-pytest.importorskip('triton')
+pytest.importorskip('triton', minversion=TRITON_MIN)  # torch 2.1 brings triton 2.1
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
 DEVICE = device_under_test()
 # fp32 summation-order differences: torch.testing's float32 defaults

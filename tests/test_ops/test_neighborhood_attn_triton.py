@@ -15,10 +15,11 @@ import torch
 from mmdeform.models.backbones.dat_blocks import NeighborhoodAttention
 from mmdeform.ops import NA_BACKENDS, neighborhood_av, neighborhood_qk, select_na_backend
 from mmdeform.ops import ms_deform_attn as msda_module
+from mmdeform.ops.ms_deform_attn import TRITON_MIN
 from mmdeform.ops.neighborhood_attn import neighborhood_av_pytorch, neighborhood_qk_pytorch
 from test_ms_deform_attn import ROOT, node_names
 
-pytest.importorskip('triton')
+pytest.importorskip('triton', minversion=TRITON_MIN)  # torch 2.1 brings triton 2.1
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
 interpreted = pytest.mark.skipif(not INTERPRETING,
                                  reason='runs in the subprocess of test_under_the_interpreter')
