@@ -159,7 +159,7 @@ EOF
 # ---- tests on the device
 run_step ops-tests 150 pytest_summary env -u TRITON_INTERPRET MMDEFORM_TEST_DEVICE="$DEVICE" \
     MMDEFORM_MSDA_BACKEND=triton "$PY" -m pytest tests/test_ops/test_ms_deform_attn_triton.py \
-    tests/test_ops/test_deform_conv.py -v -n 0 -p no:cacheprovider
+    tests/test_ops/test_neighborhood_attn_triton.py tests/test_ops/test_deform_conv.py -v -n 0 -p no:cacheprovider
 run_step parity-tests 200 pytest_summary env MMDEFORM_TEST_DEVICE="$DEVICE" "$PY" -m pytest \
     tests/test_models/test_detr_parity.py tests/test_models/test_deformable_detr_parity.py \
     tests/test_models/test_dino_parity.py -k 'test_eval_outputs_match and not 900' -v -n "$WORKERS" \

@@ -17,11 +17,13 @@ from mmdeform.ops import NA_BACKENDS, neighborhood_av, neighborhood_qk, select_n
 from mmdeform.ops import ms_deform_attn as msda_module
 from mmdeform.ops.ms_deform_attn import TRITON_MIN
 from mmdeform.ops.neighborhood_attn import neighborhood_av_pytorch, neighborhood_qk_pytorch
-from test_ms_deform_attn import ROOT, node_names
+from helpers import device_under_test
+from test_ms_deform_attn import node_names
 
 pytest.importorskip('triton', minversion=TRITON_MIN)  # torch 2.1 brings triton 2.1
 INTERPRETING = os.environ.get('TRITON_INTERPRET') == '1'
-interpreted = pytest.mark.skipif(not INTERPRETING,
+DEVICE = device_under_test()  # cuda: the compiled kernels (tools/gpu_check.sh)
+interpreted = pytest.mark.skipif(not (INTERPRETING or DEVICE == 'cuda'),
                                  reason='runs in the subprocess of test_under_the_interpreter')
 OPS = {'qk': (neighborhood_qk, neighborhood_qk_pytorch),
        'av': (neighborhood_av, neighborhood_av_pytorch)}
@@ -45,10 +47,11 @@ def make_inputs(name, shape, k, dtype=torch.float64, seed=0):
 
 def run(name, a, b, kernel, grad, reference=False, backend=None):
     """(output, grad of a, grad of b) of product ``name``, ours or the PyTorch path's."""
-    a, b = (t.detach().requires_grad_() for t in (a, b))
+    device = 'cpu' if reference or backend == 'cpp' else DEVICE  # the references on the CPU
+    a, b = (t.detach().to(device).requires_grad_() for t in (a, b))
     ours, pytorch = OPS[name]
     out = pytorch(a, b, kernel) if reference else ours(a, b, kernel, backend=backend)
-    return (out, *torch.autograd.grad(out, (a, b), grad))
+    return tuple(t.cpu() for t in (out, *torch.autograd.grad(out, (a, b), grad.to(device))))
 
 
 @interpreted
@@ -88,7 +91,7 @@ def test_mixed_dtypes_and_non_contiguous_inputs(name):
 @interpreted
 @pytest.mark.parametrize('name', ['qk', 'av'])
 def test_gradcheck_fp64(name):
-    a, b, _ = make_inputs(name, (1, 4, 5, 2), 3)
+    a, b, _ = (t.to(DEVICE) for t in make_inputs(name, (1, 4, 5, 2), 3))
     # fast mode (random directions): the full Jacobian takes minutes in the interpreter
     assert torch.autograd.gradcheck(lambda x, y: OPS[name][0](x, y, 3),
                                     (a.requires_grad_(), b.requires_grad_()), fast_mode=True)
@@ -150,8 +153,14 @@ def test_neighborhood_attention_block_triton_equals_cpp(monkeypatch):
         out.backward(grad)
         return out, [x.grad] + [p.grad for p in block.parameters()]
 
+    block.to(DEVICE)
+    x.data = x.data.to(DEVICE)
+    grad = grad.to(DEVICE)
     out, grads = forward_backward('triton')
     assert 'TritonNAFunctionBackward' in node_names(out)
+    out, grads = out.cpu(), [g.cpu() for g in grads]
+    block.cpu()
+    x.data, grad = x.data.cpu(), grad.cpu()
     ref_out, ref_grads = forward_backward('cpp')
     assert '_ProductBackward' in node_names(ref_out)
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
@@ -159,7 +168,8 @@ def test_neighborhood_attention_block_triton_equals_cpp(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@interpreted
+@pytest.mark.skipif(not INTERPRETING, reason='runs in the subprocess of '
+                                             'test_under_the_interpreter')
 def test_bad_shapes_and_the_interpreter_check(monkeypatch):
     q = torch.randn(1, 7, 9, 4)
     with pytest.raises(ValueError, match=r'q must be \(N, H, W, C\) with H, W >= kernel 9, '
