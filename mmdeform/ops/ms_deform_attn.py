@@ -33,6 +33,8 @@ from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmdeform.utils.amp import fp32_in_autocast
+
 try:
     from . import _msda_cpu
 except ImportError as err:  # not built: pip install without torch at build time, no compiler
@@ -176,6 +178,7 @@ def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, num_rows: i
                                f'{h} x {w}) reaches past the {num_rows} value rows')
 
 
+@fp32_in_autocast
 def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                                 sampling_locations: Tensor, attention_weights: Tensor,
                                 im2col_step: int = 64, backend: Optional[str] = None,
@@ -195,7 +198,8 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
             The ``'cpp'`` backward is always deterministic.
 
     Returns:
-        ``(B, Nq, M * D)`` in ``value``'s dtype.
+        ``(B, Nq, M * D)`` in ``value``'s dtype; inside autocast, every backend takes
+        float32 inputs and returns float32 (:func:`mmdeform.utils.amp.fp32_in_autocast`).
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     name = select_backend(value, backend)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmdeform.utils.amp import fp32_in_autocast
 from .ms_deform_attn import _msda_cpu
 
 NA_KERNEL_AVAILABLE = _msda_cpu is not None and hasattr(_msda_cpu, 'na_qk_forward')
@@ -49,6 +50,7 @@ def _check(name: str, x: Tensor, kernel: int) -> None:
                            'be built (pip install --no-build-isolation -e .)')
 
 
+@fp32_in_autocast
 def neighborhood_qk(q: Tensor, k: Tensor, kernel: int) -> Tensor:
     """``(N, H, W, C)`` queries and keys -> ``(N, H, W, kernel**2)`` logits."""
     _check('q', q, kernel)
@@ -59,6 +61,7 @@ def neighborhood_qk(q: Tensor, k: Tensor, kernel: int) -> Tensor:
     return _Product.apply('qk', q.to(dtype).contiguous(), k.to(dtype).contiguous(), kernel)
 
 
+@fp32_in_autocast
 def neighborhood_av(attn: Tensor, v: Tensor, kernel: int) -> Tensor:
     """``(N, H, W, kernel**2)`` weights and ``(N, H, W, C)`` values -> ``(N, H, W, C)``."""
     _check('v', v, kernel)
