@@ -34,10 +34,11 @@ from typing import Optional
 import torch
 from mmcv.ops.multi_scale_deform_attn import (MultiScaleDeformableAttnFunction,
                                               multi_scale_deformable_attn_pytorch)
-from torch import Tensor
 from packaging.version import Version
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmdeform.utils.amp import fp32_in_autocast
 from mmdeform.utils.errors import InputError, ReportedError
 
 try:
@@ -229,6 +230,7 @@ def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, num_rows: i
                                f'{h} x {w}) reaches past the {num_rows} value rows')
 
 
+@fp32_in_autocast
 def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                                 sampling_locations: Tensor, attention_weights: Tensor,
                                 im2col_step: int = 64, backend: Optional[str] = None,
@@ -248,7 +250,8 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
             The ``'cpp'`` backward is always deterministic.
 
     Returns:
-        ``(B, Nq, M * D)`` in ``value``'s dtype.
+        ``(B, Nq, M * D)`` in ``value``'s dtype; inside autocast, every backend takes
+        float32 inputs and returns float32 (:func:`mmdeform.utils.amp.fp32_in_autocast`).
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     name = select_backend(value, backend)

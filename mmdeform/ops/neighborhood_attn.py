@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mmdeform.utils.amp import fp32_in_autocast
+
 from .ms_deform_attn import _msda_cpu, _triton_importable, _triton_kernels
 
 NA_KERNEL_AVAILABLE = _msda_cpu is not None and hasattr(_msda_cpu, 'na_qk_forward')
@@ -108,6 +110,7 @@ def _product(name: str, a: Tensor, b: Tensor, kernel: int, backend: Optional[str
     return _Product.apply(name, a.to(dtype).contiguous(), b.to(dtype).contiguous(), kernel)
 
 
+@fp32_in_autocast
 def neighborhood_qk(q: Tensor, k: Tensor, kernel: int, backend: Optional[str] = None) -> Tensor:
     """``(N, H, W, C)`` queries and keys -> ``(N, H, W, kernel**2)`` logits, on ``backend``
     (``None``: ``MMDEFORM_NA_BACKEND``, else ``'auto'``)."""
@@ -119,6 +122,7 @@ def neighborhood_qk(q: Tensor, k: Tensor, kernel: int, backend: Optional[str] = 
     return _product('qk', q, k, kernel, backend)
 
 
+@fp32_in_autocast
 def neighborhood_av(attn: Tensor, v: Tensor, kernel: int,
                     backend: Optional[str] = None) -> Tensor:
     """``(N, H, W, kernel**2)`` weights and ``(N, H, W, C)`` values -> ``(N, H, W, C)``,

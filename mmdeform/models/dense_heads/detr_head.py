@@ -11,6 +11,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
 from mmdeform.registry import MODELS, TASK_UTILS
+from mmdeform.utils.amp import fp32_in_autocast
 from ..layers.mlp import MLP
 from ..structures import HeadInputs, HeadOutputs
 from ..task_modules import Matching
@@ -125,6 +126,7 @@ class DETRHead(BaseModule):
                 losses[prefix + name] = value
         return losses
 
+    @fp32_in_autocast
     def set_loss(self, cls_scores: Tensor, bbox_preds: Tensor, matching: List[Matching],
                  gt: GroundTruth, gt_labels: List[Tensor]) -> Dict[str, Tensor]:
         """The loss of one set of predictions after matching.

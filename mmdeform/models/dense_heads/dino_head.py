@@ -9,6 +9,7 @@ from mmengine.dist import all_reduce
 from torch import Tensor, nn
 
 from mmdeform.registry import MODELS
+from mmdeform.utils.amp import fp32_in_autocast
 from ..layers.mlp import MLP
 from ..structures import DenoisingMeta, HeadInputs
 from .deformable_detr_head import DeformableDETRHead
@@ -64,6 +65,7 @@ class DINOHead(DeformableDETRHead):
                                             outputs.all_bbox_preds[:, :, :num_dn], gt, meta))
         return losses
 
+    @fp32_in_autocast
     def denoising_losses(self, dn_cls: Tensor, dn_boxes: Tensor, gt: GroundTruth,
                          meta: DenoisingMeta) -> Dict[str, Tensor]:
         """Every layer's loss on its ``P`` denoising queries ``(D, B, P, ...)``: the

@@ -4,11 +4,13 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from mmdeform.utils.amp import fp32_in_autocast
 from .attention import MultiheadAttention
 from .detr_layers import build_ffn
 from .msdeform_attn import MSDeformAttn
 
 
+@fp32_in_autocast
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """``log(x / (1 - x))`` with both terms clamped at ``eps`` (as the official code)."""
     x = x.clamp(min=0, max=1)

@@ -7,6 +7,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from mmdeform.registry import TASK_UTILS
+from mmdeform.utils.amp import fp32_in_autocast
 
 
 class Matching(NamedTuple):
@@ -33,6 +34,7 @@ class HungarianAssigner:
             match_costs = [match_costs]
         self.match_costs = [TASK_UTILS.build(cfg) for cfg in match_costs]
 
+    @fp32_in_autocast
     @torch.no_grad()
     def assign(self, cls_logits: Tensor, boxes: Tensor, gt_labels: List[Tensor],
                gt_boxes: List[Tensor]) -> List[List[Matching]]:
