@@ -31,6 +31,15 @@ def _to_fp32(value):
     return value
 
 
+def _autocast_enabled(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except (TypeError, RuntimeError):  # torch < 2.4 takes no device; 'meta' has no autocast
+        if device == 'cpu':
+            return torch.is_autocast_cpu_enabled()
+        return device == 'cuda' and torch.is_autocast_enabled()
+
+
 def fp32_in_autocast(fn: Callable) -> Callable:
     """Run ``fn`` in float32 when it is called inside an autocast region.
 
@@ -47,7 +56,7 @@ def fp32_in_autocast(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         device = _device_type(list(args) + list(kwargs.values()))
-        if device is None or not torch.is_autocast_enabled(device):
+        if device is None or not _autocast_enabled(device):
             return fn(*args, **kwargs)
         with torch.autocast(device, enabled=False):
             return fn(*_to_fp32(args), **_to_fp32(kwargs))
