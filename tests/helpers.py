@@ -148,10 +148,12 @@ class ForkedTool:
             old = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
             sys.stdout = sys.__stdout__ = open(1, 'w', buffering=1, closefd=False)
             sys.stderr = sys.__stderr__ = open(2, 'w', buffering=1, closefd=False)
-            # loggers made before the fork (mmengine's) write to the new streams too
+            # loggers made before the fork (mmengine's, some by earlier tests with streams
+            # pytest has closed since) write to the new streams, as in a new process
             loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
             for handler in [h for lg in loggers for h in getattr(lg, 'handlers', [])]:
-                if isinstance(handler, logging.StreamHandler) and handler.stream in old:
+                if (isinstance(handler, logging.StreamHandler)
+                        and not isinstance(handler, logging.FileHandler)):
                     handler.setStream(sys.stderr if handler.stream in old[1::2] else sys.stdout)
             os.environ.clear()
             os.environ.update(env)
