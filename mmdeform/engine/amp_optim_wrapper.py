@@ -56,6 +56,9 @@ class AmpOptimWrapper(MMEngineAmpOptimWrapper):
         if use_fsdp:
             raise ValueError('AmpOptimWrapper: use_fsdp=True needs a GPU (FSDP); this machine '
                              'has none')
+        if not hasattr(torch.amp, 'GradScaler'):  # torch < 2.3: bf16-only autocast, no scaler
+            raise ValueError(f'AmpOptimWrapper: mixed precision on the CPU needs torch>=2.4, '
+                             f'found torch {torch.__version__}; train in fp32 or on a GPU')
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).replace('torch.', '')
         dtype = dtype or 'bfloat16'

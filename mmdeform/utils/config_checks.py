@@ -74,11 +74,12 @@ def _fused_optimizer_on_old_torch(cfg: Config) -> None:
     """torch < 2.4 fuses AdamW on CUDA only: without a GPU, drop ``fused=True`` (the same
     update, a dozen ops per parameter instead of one kernel) and say so, rather than
     fail when the optimizer is built."""
+    import warnings
+
     import torch
-    from mmengine.logging import print_log
     optimizer = cfg.get('optim_wrapper', {}).get('optimizer', {})
     old = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 4)
     if optimizer.get('fused') and old and not torch.cuda.is_available():
         optimizer.pop('fused')
-        print_log(f'optim_wrapper.optimizer.fused=True needs CUDA on torch {torch.__version__} '
-                  '(the CPU from torch 2.4): using the unfused optimizer', logger='current')
+        warnings.warn(f'optim_wrapper.optimizer.fused=True needs CUDA on torch '
+                      f'{torch.__version__} (the CPU from torch 2.4): using the unfused optimizer')

@@ -19,6 +19,11 @@ from mmdeform.models.task_modules import HungarianAssigner, Matching
 from mmdeform.ops import neighborhood_qk
 from mmdeform.utils.amp import fp32_in_autocast
 
+# fp16 autocast on the CPU, torch.amp.GradScaler('cpu') and torch.is_autocast_enabled(device)
+pytestmark = pytest.mark.skipif(
+    tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]) < (2, 4),
+    reason=f'mixed precision on the CPU needs torch>=2.4 (torch {torch.__version__})')
+
 DTYPES = [torch.bfloat16, torch.float16]
 FAMILIES = {
     'detr': 'tests/data/configs/detr_shapes_tiny.py',
