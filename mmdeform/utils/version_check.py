@@ -9,9 +9,10 @@ from importlib import metadata
 from packaging.version import Version
 
 # (distribution, minimum inclusive, maximum exclusive). mmdet 3.3.0 itself
-# asserts mmcv>=2.0.0rc4,<2.2.0; torch below 2.0 lacks what the layers use.
+# asserts mmcv>=2.0.0rc4,<2.2.0. torch: the oldest verified is 2.1.2 (the suite with
+# mmcv 2.1.0 built for it, README "Versions"); 2.0 was never run.
 REQUIREMENTS = (
-    ('torch', '2.0.0', None),
+    ('torch', '2.1.0', None),
     ('mmengine', '0.7.1', '1.0.0'),
     ('mmcv', '2.0.0rc4', '2.2.0'),
     ('mmdet', '3.0.0', '3.4.0'),
