@@ -18,9 +18,9 @@ Backends (``backend=`` per call, else ``MMDEFORM_MSDA_BACKEND``, else ``'auto'``
 * ``'pytorch'``: mmcv's ``multi_scale_deformable_attn_pytorch`` (``F.grid_sample``), any device.
 
 ``'auto'``: on the CPU, ``'cpp'`` (``'pytorch'`` where it was not built, with one warning at
-import). On CUDA, ``'mmcv'`` where mmcv was compiled with CUDA, else ``'triton'``. Nothing
-has been timed on a GPU yet, so mmcv's op, the long-standing choice, stays first; switch
-the order once Triton is measured faster. With neither, ``'auto'`` on CUDA is an error
+import). On CUDA, ``'triton'`` (triton>=3.0), else ``'mmcv'`` where mmcv was compiled with
+CUDA. Nothing has been timed on a GPU yet; mmcv's op goes first only once a GPU measures it
+faster (``tools/gpu_check.sh`` times both). With neither, ``'auto'`` on CUDA is an error
 (:data:`NO_CUDA_BACKEND`), raised when an ``MSDeformAttn`` is moved to CUDA, before any
 forward, rather than a quiet fall back to the ``'pytorch'`` path, which must be named.
 """
@@ -185,11 +185,12 @@ def resolve_backend(backend: Optional[str], on_cuda: bool, where: str = 'cpu') -
     name = requested_backend(backend)
     if name == 'auto':
         if on_cuda:
-            # not measured yet (no GPU here): mmcv's compiled op first where it exists
-            if mmcv_cuda_op_available():
-                return 'mmcv'
+            # Triton first; mmcv's compiled op where triton cannot run (e.g. torch 2.1's
+            # triton 2.1 with OpenMMLab's prebuilt mmcv), until a GPU measures mmcv faster
             if _triton_importable():
                 return 'triton'
+            if mmcv_cuda_op_available():
+                return 'mmcv'
             raise BackendUnavailableError(NO_CUDA_BACKEND)
         return 'cpp' if CPU_KERNEL_AVAILABLE else 'pytorch'
     error = None

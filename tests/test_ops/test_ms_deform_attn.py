@@ -283,10 +283,10 @@ def test_cuda_backends_that_can_run_pass_the_check(no_cuda_backend, monkeypatch)
     monkeypatch.setenv('MMDEFORM_MSDA_BACKEND', 'pytorch')
     MSDeformAttn(embed_dims=32, num_heads=4).double()
     monkeypatch.delenv('MMDEFORM_MSDA_BACKEND')
-    monkeypatch.setattr(msda_module, '_triton_importable', lambda: True)
-    assert msda_module.check_cuda_backend() == 'triton'
     monkeypatch.setattr(msda_module, 'mmcv_cuda_op_available', lambda: True)
-    assert msda_module.check_cuda_backend() == 'mmcv'
+    assert msda_module.check_cuda_backend() == 'mmcv'  # triton cannot run: mmcv's op
+    monkeypatch.setattr(msda_module, '_triton_importable', lambda: True)
+    assert msda_module.check_cuda_backend() == 'triton'  # both: Triton first
     assert MSDeformAttn(embed_dims=32, num_heads=4).double().value_proj.weight.dtype == \
         torch.float64
 
