@@ -7,7 +7,7 @@ Shapes use ``B`` images, ``N`` flattened feature positions over all levels,
 ``L`` feature levels, ``Q`` queries, ``C`` channels, ``D`` decoder layers.
 """
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 from torch import Tensor
 
@@ -21,6 +21,8 @@ class EncoderInputs:
     spatial_shapes: Optional[Tensor] = None  # (L, 2) int64, (H, W) of each level
     level_start_index: Optional[Tensor] = None  # (L,) offset of each level in N
     valid_ratios: Optional[Tensor] = None  # (B, L, 2) unpadded fraction (w, h) per level
+    # spatial_shapes as Python ints (symbolic ones under torch.export), for what needs sizes
+    level_shapes: Optional[List[Tuple[int, int]]] = None
 
 
 @dataclass

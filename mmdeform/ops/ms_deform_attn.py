@@ -110,6 +110,11 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)  # torch>=2.3
+    return bool(is_compiling and is_compiling())
+
+
 BACKENDS = ('auto', 'cpp', 'triton', 'mmcv', 'pytorch')
 
 
@@ -221,8 +226,9 @@ def check_cuda_backend(backend: Optional[str] = None) -> str:
 
 
 def _check_levels(spatial_shapes: Tensor, level_start_index: Tensor, num_rows: int) -> None:
-    """Every level inside ``value``'s rows (read from CPU tensors only: no device sync)."""
-    if spatial_shapes.is_cuda or level_start_index.is_cuda:
+    """Every level inside ``value``'s rows (read from CPU tensors only: no device sync;
+    not while torch.compile traces, where reading values would break the graph)."""
+    if spatial_shapes.is_cuda or level_start_index.is_cuda or _compiling():
         return
     for lvl, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(),
                                               level_start_index.tolist())):
@@ -256,6 +262,12 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
     """
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     name = select_backend(value, backend)
+    if value.is_cuda and backend is None and _library.REGISTERED:
+        # the operator's CUDA kernel resolves the same MMDEFORM_MSDA_BACKEND / 'auto' choice
+        return torch.ops.mmdeform.ms_deform_attn(
+            value.contiguous(), spatial_shapes.to(value.device, torch.int64).contiguous(),
+            level_start_index.to(value.device, torch.int64).contiguous(),
+            sampling_locations.contiguous(), attention_weights.contiguous())
     if name == 'mmcv':
         return MultiScaleDeformableAttnFunction.apply(value, spatial_shapes, level_start_index,
                                                       sampling_locations, attention_weights,
@@ -276,7 +288,10 @@ def multi_scale_deformable_attn(value: Tensor, spatial_shapes: Tensor, level_sta
     dtype = _compute_dtype(value, sampling_locations, attention_weights)
     value_, locations_, weights_ = (t.to(dtype).contiguous()
                                     for t in (value, sampling_locations, attention_weights))
-    output = _CPUFunction.apply(value_, spatial_shapes.to(torch.int64).contiguous(),
-                                level_start_index.to(torch.int64).contiguous(),
-                                locations_, weights_)
+    cpu = torch.ops.mmdeform.ms_deform_attn if _library.REGISTERED else _CPUFunction.apply
+    output = cpu(value_, spatial_shapes.to(torch.int64).contiguous(),
+                 level_start_index.to(torch.int64).contiguous(), locations_, weights_)
     return output.to(value.dtype)
+
+
+from . import library as _library  # noqa: E402 (registers torch.ops.mmdeform.*)

@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from mmdeform.utils.amp import fp32_in_autocast
 
+from . import library as _library
 from .ms_deform_attn import _msda_cpu, _triton_importable, _triton_kernels
 
 NA_KERNEL_AVAILABLE = _msda_cpu is not None and hasattr(_msda_cpu, 'na_qk_forward')
@@ -103,11 +104,16 @@ def _product(name: str, a: Tensor, b: Tensor, kernel: int, backend: Optional[str
     chosen = select_na_backend(b, backend)
     if chosen == 'pytorch':
         return (neighborhood_qk_pytorch if name == 'qk' else neighborhood_av_pytorch)(a, b, kernel)
+    if chosen == 'triton' and b.is_cuda and backend is None and _library.REGISTERED:
+        return getattr(torch.ops.mmdeform, f'na_{name}')(a.contiguous(), b.contiguous(), kernel)
     if chosen == 'triton':
         return _triton_kernels('na_triton', _OP).TritonNAFunction.apply(
             name, a.contiguous(), b.contiguous(), kernel)
     dtype = torch.promote_types(a.dtype, b.dtype)
-    return _Product.apply(name, a.to(dtype).contiguous(), b.to(dtype).contiguous(), kernel)
+    a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+    if _library.REGISTERED:
+        return getattr(torch.ops.mmdeform, f'na_{name}')(a, b, kernel)
+    return _Product.apply(name, a, b, kernel)
 
 
 @fp32_in_autocast

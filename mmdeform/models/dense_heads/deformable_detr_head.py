@@ -124,6 +124,7 @@ class DeformableDETRHead(DETRHead):
     # -------------------------------------------------------------- inference
     def select_topk(self, cls_score: Tensor, max_per_img: int) -> Tuple[Tensor, Tensor, Tensor]:
         """The ``max_per_img`` best (query, class) pairs of the sigmoid scores."""
-        scores, indices = cls_score.sigmoid().flatten().topk(min(max_per_img, cls_score.numel()))
+        k = min(max_per_img, cls_score.shape[-2] * cls_score.shape[-1])
+        scores, indices = cls_score.sigmoid().flatten(-2).topk(k)
         return scores, indices % self.num_classes, indices // self.num_classes
 

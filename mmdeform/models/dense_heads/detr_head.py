@@ -106,9 +106,16 @@ class DETRHead(BaseModule):
 
     # ------------------------------------------------------------------- loss
     def loss(self, inputs: HeadInputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        outputs = self(inputs)
-        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores)
-        return self.loss_by_feat(outputs, gt)
+        return self.set_losses(self(inputs), batch_data_samples)
+
+    @torch.compiler.disable
+    def set_losses(self, outputs: HeadOutputs, batch_data_samples: SampleList,
+                   **extras) -> Dict[str, Tensor]:
+        """The losses of the head's outputs. Eager under ``torch.compile``: the Hungarian
+        matching runs in scipy and the targets depend on the data (one graph break, after
+        the network)."""
+        return self.loss_by_feat(outputs, GroundTruth(batch_data_samples,
+                                                      outputs.all_cls_scores), **extras)
 
     def loss_by_feat(self, outputs: HeadOutputs, gt: GroundTruth) -> Dict[str, Tensor]:
         """The set loss of every decoder layer: the last as ``loss_*``, the others
@@ -184,20 +191,29 @@ class DETRHead(BaseModule):
 
     def select_topk(self, cls_score: Tensor, max_per_img: int) -> Tuple[Tensor, Tensor, Tensor]:
         """Softmax without the no-object class; the best class of each query and
-        the ``max_per_img`` best queries. Returns scores, labels, query indices."""
+        the ``max_per_img`` best queries. ``(..., Q, C + 1)`` logits (one image, or a
+        batch as the ONNX export runs it) -> ``(..., k)`` scores, labels, query indices."""
         scores, labels = F.softmax(cls_score, dim=-1)[..., :-1].max(-1)
-        scores, query_inds = scores.topk(min(max_per_img, scores.numel()))
-        return scores, labels[query_inds], query_inds
+        scores, query_inds = scores.topk(min(max_per_img, scores.shape[-1]))
+        return scores, labels.gather(-1, query_inds), query_inds
+
+    def detections(self, cls_score: Tensor, bbox_pred: Tensor, img_h, img_w
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The top ``max_per_img`` (query, class) pairs of ``(..., Q, C)`` scores and
+        ``(..., Q, 4)`` boxes: ``(..., k, 4)`` xyxy boxes in the pixels of an
+        ``img_h x img_w`` input, clamped to it, their scores and labels."""
+        scores, labels, query_inds = self.select_topk(cls_score, self.test_cfg['max_per_img'])
+        boxes = bbox_pred.gather(-2, query_inds[..., None].expand(*query_inds.shape, 4))
+        # torch.tensor keeps a symbolic size symbolic under torch.export
+        size = torch.tensor([img_w, img_h] * 2, dtype=boxes.dtype, device=boxes.device)
+        boxes = bbox_cxcywh_to_xyxy(boxes) * size
+        return torch.minimum(boxes.clamp(min=0), size), scores, labels
 
     def predict_single(self, cls_score: Tensor, bbox_pred: Tensor, img_meta: dict,
                        rescale: bool) -> InstanceData:
         """Top queries of one image as pixel xyxy boxes (no NMS)."""
-        scores, labels, query_inds = self.select_topk(cls_score, self.test_cfg['max_per_img'])
         img_h, img_w = img_meta['img_shape'][:2]
-        boxes = bbox_cxcywh_to_xyxy(bbox_pred[query_inds]) * bbox_pred.new_tensor(
-            [img_w, img_h, img_w, img_h])
-        boxes[:, 0::2].clamp_(min=0, max=img_w)
-        boxes[:, 1::2].clamp_(min=0, max=img_h)
+        boxes, scores, labels = self.detections(cls_score, bbox_pred, img_h, img_w)
         if rescale:
             boxes /= boxes.new_tensor(img_meta['scale_factor']).repeat((1, 2))
         results = InstanceData()

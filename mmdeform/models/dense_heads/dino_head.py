@@ -1,6 +1,6 @@
 """DINO's head: the Deformable DETR head plus the denoising losses."""
 import copy
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from mmdet.structures import SampleList
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mmdeform.registry import MODELS
 from mmdeform.utils.amp import fp32_in_autocast
 from ..layers.mlp import MLP
-from ..structures import DenoisingMeta, HeadInputs
+from ..structures import DenoisingMeta, HeadInputs, HeadOutputs
 from .deformable_detr_head import DeformableDETRHead
 from .detr_head import GroundTruth
 
@@ -52,15 +52,17 @@ class DINOHead(DeformableDETRHead):
 
     # ------------------------------------------------------------------- loss
     def loss(self, inputs: HeadInputs, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        outputs = self(inputs)
-        gt = GroundTruth(batch_data_samples, outputs.all_cls_scores)
-        meta = inputs.dn_meta
+        return self.set_losses(self(inputs), batch_data_samples, meta=inputs.dn_meta)
+
+    def loss_by_feat(self, outputs: HeadOutputs, gt: GroundTruth,
+                     meta: Optional[DenoisingMeta] = None) -> Dict[str, Tensor]:
+        """The matching queries' set losses, then the denoising queries' (``meta``)."""
         if meta is None:
-            return self.loss_by_feat(outputs, gt)
+            return super().loss_by_feat(outputs, gt)
         num_dn = meta.num_queries
         matching = outputs._replace(all_cls_scores=outputs.all_cls_scores[:, :, num_dn:],
                                     all_bbox_preds=outputs.all_bbox_preds[:, :, num_dn:])
-        losses = self.loss_by_feat(matching, gt)
+        losses = super().loss_by_feat(matching, gt)
         losses.update(self.denoising_losses(outputs.all_cls_scores[:, :, :num_dn],
                                             outputs.all_bbox_preds[:, :, :num_dn], gt, meta))
         return losses

@@ -108,7 +108,8 @@ class DeformableDETR(BaseDETR):
             flat_masks.append(None if mask is None else mask.flatten(1))
             shapes.append((h, w))
             ratios.append(valid_ratios_of(mask, (h, w), batch_size, feat.device))
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
+        # torch.tensor (not as_tensor) keeps symbolic sizes symbolic under torch.export
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=feats[0].device)
         level_start_index = torch.cat((spatial_shapes.new_zeros(1),
                                        spatial_shapes.prod(1).cumsum(0)[:-1]))
         return EncoderInputs(
@@ -117,11 +118,12 @@ class DeformableDETR(BaseDETR):
             feat_mask=None if masks[0] is None else torch.cat(flat_masks, 1),
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
-            valid_ratios=torch.stack(ratios, 1))
+            valid_ratios=torch.stack(ratios, 1),
+            level_shapes=shapes)
 
     def forward_encoder(self, enc: EncoderInputs) -> Tensor:
         return self.encoder(enc.feat, enc.feat_pos, enc.feat_mask, enc.spatial_shapes,
-                            enc.level_start_index, enc.valid_ratios)
+                            enc.level_start_index, enc.valid_ratios, enc.level_shapes)
 
     def pre_decoder(self, memory: Tensor, enc: EncoderInputs) -> Tuple[DecoderInputs, dict]:
         batch_size, _, c = memory.shape
@@ -134,7 +136,7 @@ class DeformableDETR(BaseDETR):
 
         self._check_enough_cells(memory, enc)
         output_memory, output_proposals = self.encoder_proposals(memory, enc.feat_mask,
-                                                                 enc.spatial_shapes)
+                                                                 enc.level_shapes)
         proposal_layer = self.decoder.num_layers
         enc_outputs_class = self.bbox_head.cls_branches[proposal_layer](output_memory)
         enc_outputs_coord_unact = (self.bbox_head.reg_branches[proposal_layer](output_memory) +
@@ -167,7 +169,7 @@ class DeformableDETR(BaseDETR):
                 'fewer queries')
 
     def encoder_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
-                          spatial_shapes: Tensor) -> Tuple[Tensor, Tensor]:
+                          level_shapes: Sequence[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
         """One proposal per memory position: its cell centre with a size of
         ``0.05 * 2^level`` of the valid image, in inverse-sigmoid space.
 
@@ -178,7 +180,7 @@ class DeformableDETR(BaseDETR):
         batch_size = memory.shape[0]
         proposals = []
         start = 0
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_shapes):
             if memory_mask is not None:
                 mask = memory_mask[:, start:start + h * w].view(batch_size, h, w)
                 valid_h = (~mask[:, :, 0]).sum(1)

@@ -124,7 +124,7 @@ class DINO(DeformableDETR):
             return super().pre_decoder(memory, enc)
         self._check_enough_cells(memory, enc)
         output_memory, output_proposals = self.encoder_proposals(memory, enc.feat_mask,
-                                                                 enc.spatial_shapes)
+                                                                 enc.level_shapes)
         proposal_layer = self.decoder.num_layers
         enc_outputs_class = self.bbox_head.cls_branches[proposal_layer](output_memory)
         enc_outputs_coord_unact = (self.bbox_head.reg_branches[proposal_layer](output_memory) +

@@ -1,5 +1,5 @@
 """Deformable DETR's encoder and decoder (post-norm, FFN 1024, dropout 0.1)."""
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -76,7 +76,7 @@ class DeformableDetrEncoder(nn.Module):
         self.embed_dims = self.layers[0].embed_dims
 
     @staticmethod
-    def reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:
+    def reference_points(level_shapes: Sequence[Tuple[int, int]], valid_ratios: Tensor) -> Tensor:
         """The centre of every cell of every level, for every level: ``(B, N, L, 2)``.
 
         A centre is normalised by the valid (unpadded) extent of its own level,
@@ -84,7 +84,7 @@ class DeformableDetrEncoder(nn.Module):
         image point in every level whatever the padding.
         """
         points = []
-        for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        for lvl, (h, w) in enumerate(level_shapes):
             ref_y, ref_x = torch.meshgrid(
                 torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
                 torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
@@ -96,10 +96,14 @@ class DeformableDetrEncoder(nn.Module):
         return points[:, :, None] * valid_ratios[:, None]
 
     def forward(self, feat: Tensor, feat_pos: Tensor, feat_mask: Optional[Tensor],
-                spatial_shapes: Tensor, level_start_index: Tensor,
-                valid_ratios: Tensor) -> Tensor:
-        """``(B, N, C)`` flattened multi-level features -> memory ``(B, N, C)``."""
-        reference_points = self.reference_points(spatial_shapes, valid_ratios)
+                spatial_shapes: Tensor, level_start_index: Tensor, valid_ratios: Tensor,
+                level_shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tensor:
+        """``(B, N, C)`` flattened multi-level features -> memory ``(B, N, C)``.
+        ``level_shapes``: ``spatial_shapes`` as Python ints, which the model passes so that
+        tracing (torch.compile, export) never reads a tensor's values."""
+        if level_shapes is None:
+            level_shapes = [tuple(s) for s in spatial_shapes.tolist()]
+        reference_points = self.reference_points(level_shapes, valid_ratios)
         for layer in self.layers:
             feat = layer(feat, feat_pos, reference_points, spatial_shapes, level_start_index,
                          feat_mask)

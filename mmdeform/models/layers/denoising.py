@@ -98,7 +98,9 @@ class CdnQueryGenerator(nn.Module):
         box_magnitude = torch.rand(num_copies, 4, dtype=boxes.dtype, device=device)
         return NoiseDraws(flip_prob, random_labels, box_sign, box_magnitude)
 
+    @torch.compiler.disable
     def forward(self, batch_data_samples: SampleList) -> DenoisingQueries:
+        """Eager under ``torch.compile``: the number of queries depends on the data."""
         device = self.label_embedding.weight.device
         gt_indices = self._denoised_targets(batch_data_samples)
         labels, boxes, image_of = [], [], []

@@ -85,7 +85,7 @@ def test_sampling_offset_init_is_a_circle_scaled_by_point_index():
 def test_encoder_reference_points_by_hand():
     # one 2x2 level; image 0 unpadded, image 1 valid on the left half only
     ratios = torch.tensor([[[1.0, 1.0]], [[0.5, 1.0]]])
-    ref = DeformableDetrEncoder.reference_points(torch.tensor([[2, 2]]), ratios)
+    ref = DeformableDetrEncoder.reference_points([(2, 2)], ratios)
     assert ref.shape == (2, 4, 1, 2)
     assert ref[0, :, 0].tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
     # centres normalised by the valid width (1 cell), then scaled back by the ratio
