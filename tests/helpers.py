@@ -116,7 +116,30 @@ def can_fork(args):
     thread there is none."""
     return (len(args) > 1 and args[0] == PYTHON and str(args[1]).endswith('.py')
             and hasattr(os, 'fork') and torch.get_num_threads() == 1
-            and not os.environ.get('MMDEFORM_TESTS_NO_FORK'))
+            and not os.environ.get('MMDEFORM_TESTS_NO_FORK') and _autograd_survives_fork())
+
+
+def _autograd_survives_fork() -> bool:
+    """Whether a forked child of this process can run a backward pass. Once the autograd
+    engine has started threads for a device (a backward that touched a non-CPU device
+    type, e.g. in torch.library.opcheck's checks), a child's backward fails ("Unable to
+    handle autograd's threading in combination with fork"): the tool then runs in a new
+    interpreter instead. Probed by a fork, once it has failed never again."""
+    global _FORK_SAFE
+    if _FORK_SAFE:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                x = torch.ones(1, requires_grad=True)
+                (x * 2).sum().backward()
+            except BaseException:
+                os._exit(1)
+            os._exit(0)
+        _FORK_SAFE = os.waitpid(pid, 0)[1] == 0
+    return _FORK_SAFE
+
+
+_FORK_SAFE = True
 
 
 class ForkedTool:

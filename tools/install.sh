@@ -12,6 +12,8 @@
 #   a directory that names its torch and says CPU, and reused by every later install.
 #   An mmcv 2.1.0 that already imports with its compiled ops (a user's own CUDA build,
 #   say) is kept as it is.
+# * onnx, onnxruntime and onnxscript (requirements/deploy.txt) for the ONNX export and its
+#   tests; MMDEFORM_DEPLOY=0 skips them.
 # * mmdeform itself, editable, which compiles its CPU kernels of deformable and
 #   neighbourhood attention (mmdeform/ops/csrc, about a minute on 2 cores); the script
 #   fails unless both load.
@@ -125,6 +127,10 @@ fi
 log "installing mmdet and the remaining requirements"
 grep -v '^torch' "$ROOT/requirements/runtime.txt" > "$CONSTRAINTS.runtime"
 "${PIP_INSTALL[@]}" -r "$CONSTRAINTS.runtime" -r "$ROOT/requirements/tests.txt"
+if [[ "${MMDEFORM_DEPLOY:-1}" != 0 ]]; then
+    log "installing the deployment requirements (onnx, onnxruntime, onnxscript)"
+    "${PIP_INSTALL[@]}" -r "$ROOT/requirements/deploy.txt"
+fi
 rm -f "$CONSTRAINTS.runtime"
 log "installing mmdeform (editable) and compiling its CPU kernels (about a minute)"
 "${PIP_INSTALL[@]}" --no-deps --no-build-isolation -e "$ROOT"

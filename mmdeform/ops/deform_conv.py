@@ -19,12 +19,15 @@ from torch import Tensor
 from torchvision.ops import deform_conv2d
 
 from mmdeform.registry import MODELS
-from .ms_deform_attn import mmcv_cuda_op_available
+from .ms_deform_attn import _compiling, exporting, mmcv_cuda_op_available
 
 
 def uses_torchvision(x: Tensor) -> bool:
-    """Whether a DCNv2 layer runs torchvision's op on ``x``: CUDA tensors, mmcv without CUDA."""
-    return x.is_cuda and not mmcv_cuda_op_available()
+    """Whether a DCNv2 layer runs torchvision's op on ``x``: CUDA tensors where mmcv has no
+    CUDA op, and any tensor while ``torch.compile`` or ``torch.export`` traces: torchvision's
+    op is a registered operator with a fake kernel (and an ONNX translation, ``DeformConv``),
+    where mmcv's autograd Function would break the graph."""
+    return exporting() or _compiling() or (x.is_cuda and not mmcv_cuda_op_available())
 
 
 def modulated_deform_conv2d_torchvision(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,

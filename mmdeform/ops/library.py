@@ -29,11 +29,12 @@ Kernels per device:
 :data:`REGISTERED` is False on torch<2.4 (no ``torch.library.custom_op``); the wrappers
 then keep calling the kernels through autograd Functions.
 
-ONNX: :data:`ONNX_TRANSLATIONS` gives ``torch.onnx.export(..., dynamo=True)`` a
+ONNX: :func:`onnx_translations` gives ``torch.onnx.export(..., dynamo=True)`` a
 translation of ``ms_deform_attn`` into standard operators (one ``GridSample`` per
-level, opset >= 16), reading the level shapes and starts from the graph's tensors;
-``na_qk`` / ``na_av`` are decomposed into their PyTorch paths
-(:data:`EXPORT_DECOMPOSITIONS`) before translation.
+level, opset >= 16), reading the level shapes and starts from the graph's tensors, and
+of torchvision's ``deform_conv2d`` into ``DeformConv`` (opset 19). Neighbourhood
+attention takes its PyTorch path while ``torch.export`` traces (``_product``), so
+``na_qk`` / ``na_av`` never reach an exported graph.
 """
 import contextlib
 from typing import Tuple
@@ -183,14 +184,15 @@ if REGISTERED:
 
 # ------------------------------------------------------------------ ONNX
 def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights):
+                        attention_weights, bilinear: str = 'bilinear'):
     """``ms_deform_attn`` in standard ONNX operators, for the dynamo exporter's
     ``custom_translation_table``: per level, the value rows ``[start_l, start_l + H_l W_l)``
     reshaped to ``(B*M, D, H_l, W_l)`` and read by ``GridSample`` (bilinear, zeros,
     ``align_corners=0``: mmcv's semantics) at ``2 * loc - 1``; then the weighted sum over
     levels and points. ``H_l``, ``W_l`` and ``start_l`` are gathered from the graph's
     ``spatial_shapes`` / ``level_start_index``, so the file works at any input size. The
-    number of levels is read from the (static) shape of ``sampling_locations``."""
+    number of levels is read from the (static) shape of ``sampling_locations``.
+    ``bilinear`` is GridSample's name of the mode: ``'linear'`` from opset 20 on."""
     from onnxscript import opset18 as op
 
     def ints(*values):
@@ -209,11 +211,13 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
     for lvl in range(levels):
         hw = op.Gather(spatial_shapes, op.Constant(value_int=lvl), axis=0)
         start = op.Gather(level_start_index, ints(lvl), axis=0)
-        rows = op.Slice(value, start, op.Add(start, op.ReduceProd(hw, keepdims=1)), ints(3))
+        # H_l * W_l by Mul (ReduceProd's axes moved from attribute to input at opset 18)
+        cells = op.Mul(op.Slice(hw, ints(0), ints(1)), op.Slice(hw, ints(1), ints(2)))
+        rows = op.Slice(value, start, op.Add(start, cells), ints(3))
         rows = op.Reshape(rows, op.Concat(batch_heads, dims, hw, axis=0))
         grid = op.Gather(grids, op.Constant(value_int=lvl), axis=2)  # B M Nq K 2
         grid = op.Reshape(grid, op.Concat(batch_heads, queries, points, ints(2), axis=0))
-        sampled.append(op.Unsqueeze(op.GridSample(rows, grid, mode='bilinear',
+        sampled.append(op.Unsqueeze(op.GridSample(rows, grid, mode=bilinear,
                                                   padding_mode='zeros', align_corners=0),
                                     ints(3)))  # B*M D Nq 1 K
     sampled = op.Reshape(op.Concat(*sampled, axis=3),
@@ -227,16 +231,28 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
     return op.Reshape(out, op.Concat(batch, queries, ints(-1), axis=0))
 
 
-def onnx_translations() -> dict:
-    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
-    return {torch.ops.mmdeform.ms_deform_attn.default: ms_deform_attn_onnx} if REGISTERED else {}
+def deform_conv2d_onnx(input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w, groups, offset_groups, use_mask):
+    """torchvision's ``deform_conv2d`` (DCNv2 when ``use_mask``) as ONNX ``DeformConv``
+    (opset 19), which has its layout: offsets ``(N, 2 * offset_groups * kh * kw, H, W)``
+    with ``(dy, dx)`` per tap, the mask ``(N, offset_groups * kh * kw, H, W)``."""
+    from onnxscript import opset19 as op
+    inputs = (input, weight, offset, bias, mask) if use_mask else (input, weight, offset, bias)
+    return op.DeformConv(*inputs, dilations=[dilation_h, dilation_w], group=groups,
+                         offset_group=offset_groups, pads=[pad_h, pad_w, pad_h, pad_w],
+                         strides=[stride_h, stride_w])
 
 
-def export_decompositions() -> dict:
-    """Our neighbourhood-attention operators as their PyTorch paths (slices, a replicate
-    pad, products and sums: standard ONNX), for ``ExportedProgram.run_decompositions``."""
+def onnx_translations(opset: int = 18) -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``: our
+    deformable attention, and torchvision's deformable convolution (the DCN backbones
+    run it while exporting, :mod:`.deform_conv`)."""
     if not REGISTERED:
         return {}
-    from .neighborhood_attn import neighborhood_av_pytorch, neighborhood_qk_pytorch
-    return {torch.ops.mmdeform.na_qk.default: neighborhood_qk_pytorch,
-            torch.ops.mmdeform.na_av.default: neighborhood_av_pytorch}
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+
+    def msda(*args):  # GridSample's 'bilinear' is called 'linear' from opset 20 on
+        return ms_deform_attn_onnx(*args, bilinear='linear' if opset >= 20 else 'bilinear')
+
+    return {torch.ops.mmdeform.ms_deform_attn.default: msda,
+            torch.ops.torchvision.deform_conv2d.default: deform_conv2d_onnx}

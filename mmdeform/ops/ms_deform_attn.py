@@ -115,6 +115,13 @@ def _compiling() -> bool:
     return bool(is_compiling and is_compiling())
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing: the code then takes the paths that hold for
+    every input size (a Python branch on a size would be fixed into the graph)."""
+    is_exporting = getattr(torch.compiler, 'is_exporting', None)  # torch>=2.5
+    return bool(is_exporting and is_exporting())
+
+
 BACKENDS = ('auto', 'cpp', 'triton', 'mmcv', 'pytorch')
 
 

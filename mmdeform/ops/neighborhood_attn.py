@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 from mmdeform.utils.amp import fp32_in_autocast
 
 from . import library as _library
-from .ms_deform_attn import _msda_cpu, _triton_importable, _triton_kernels
+from .ms_deform_attn import _msda_cpu, _triton_importable, _triton_kernels, exporting
 
 NA_KERNEL_AVAILABLE = _msda_cpu is not None and hasattr(_msda_cpu, 'na_qk_forward')
 NA_BACKENDS = ('auto', 'cpp', 'triton', 'pytorch')
@@ -102,7 +102,8 @@ def select_na_backend(x: Tensor, backend: Optional[str] = None) -> str:
 def _product(name: str, a: Tensor, b: Tensor, kernel: int, backend: Optional[str]) -> Tensor:
     """``name`` ('qk' or 'av') of ``a`` and ``b`` on the chosen backend."""
     chosen = select_na_backend(b, backend)
-    if chosen == 'pytorch':
+    # an export takes the PyTorch path: slices, a pad, products and sums, which ONNX has
+    if chosen == 'pytorch' or exporting():
         return (neighborhood_qk_pytorch if name == 'qk' else neighborhood_av_pytorch)(a, b, kernel)
     if chosen == 'triton' and b.is_cuda and backend is None and _library.REGISTERED:
         return getattr(torch.ops.mmdeform, f'na_{name}')(a.contiguous(), b.contiguous(), kernel)

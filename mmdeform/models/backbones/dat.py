@@ -15,7 +15,6 @@ Architectures (facts from the official configs):
   perception unit (DWConv) before each block; neighbourhood (N) and deformable
   attention alternate in stages 1-3, stage 4 is [D, D]; offset strides 8/4/2/1.
 """
-import math
 from functools import partial
 from typing import Dict, Sequence, Tuple
 
@@ -26,6 +25,7 @@ from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from mmdeform.ops import exporting
 from mmdeform.registry import MODELS
 from .dat_blocks import ChannelLayerNorm, ConvMLP, MLP, build_attention
 
@@ -99,8 +99,10 @@ class PaddedConv(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         conv = self[0]
         s = conv.stride[0]
-        if conv.kernel_size[0] == s and (x.shape[2] % s or x.shape[3] % s):
-            x = F.pad(x, (0, -x.shape[3] % s, 0, -x.shape[2] % s))
+        # an export pads always (by 0 where the size divides): its graph serves every size
+        if conv.kernel_size[0] == s and (exporting() or x.shape[2] % s or x.shape[3] % s):
+            h, w = x.shape[2:]
+            x = F.pad(x, (0, (w + s - 1) // s * s - w, 0, (h + s - 1) // s * s - h))
         return super().forward(x)
 
 
@@ -216,8 +218,10 @@ class DAT(BaseModule):
 
 def stage_sizes(height: int, width: int) -> Tuple[Tuple[int, int], ...]:
     """The (H, W) of the four stage outputs for an input of height x width."""
-    sizes, h, w = [], math.ceil(height / 4), math.ceil(width / 4)
+    # ceil by integer division of non-negative numbers: math.ceil of a float would fix a
+    # symbolic size under torch.export, and the ONNX exporter truncates a negative floordiv
+    sizes, h, w = [], (height + 3) // 4, (width + 3) // 4
     for _ in range(4):
         sizes.append((h, w))
-        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        h, w = (h + 1) // 2, (w + 1) // 2
     return tuple(sizes)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
-from mmdeform.ops import neighborhood_av, neighborhood_qk
+from mmdeform.ops import exporting, neighborhood_av, neighborhood_qk
 
 
 class ChannelLayerNorm(nn.Module):
@@ -130,7 +130,9 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
         w, s = self.window, self.shift
-        Hp, Wp = math.ceil(H / w) * w, math.ceil(W / w) * w
+        # ceil by integer division of non-negative numbers: math.ceil of a float would fix a
+        # symbolic size under torch.export, and the ONNX exporter truncates a negative floordiv
+        Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w
         x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, Wp - W, 0, Hp - H))
         if s:
             x = torch.roll(x, (-s, -s), (1, 2))
@@ -140,7 +142,7 @@ class WindowAttention(nn.Module):
         attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         attn = attn + bias.view(w * w, w * w, -1).permute(2, 0, 1)
-        if s or Hp != H or Wp != W:
+        if s or Hp != H or Wp != W or exporting():  # an export serves padded sizes too
             mask = self._mask(H, W, Hp, Wp, x.device)  # nW, w*w, w*w
             attn = attn.view(B, -1, self.num_heads, w * w, w * w) + mask[None, :, None]
             attn = attn.flatten(0, 1)
@@ -302,7 +304,10 @@ class DeformableAttention(nn.Module):
         ref = self.reference_points(Hk, Wk, q.device, q.dtype)[None].expand(B * g, -1, -1, -1)
         offset = offset.permute(0, 2, 3, 1)
         if self.version == 1:
-            limit = offset.new_tensor([1.0 / Hk, 1.0 / Wk]) * self.range_factor
+            # 1 / (Hk, Wk) in float64 as Python divides, then the offsets' dtype; by
+            # torch.tensor so that an export keeps the sizes symbolic (new_tensor fixes them)
+            sizes = torch.tensor([Hk, Wk], dtype=torch.float64, device=offset.device)
+            limit = sizes.reciprocal().to(offset.dtype) * self.range_factor
             return ref + offset.tanh() * limit, ref
         return (ref + offset).clamp(-1., 1.), ref
 
