@@ -188,10 +188,9 @@ class DeformableDETR(BaseDETR):
             else:
                 valid_h = memory.new_full((batch_size, ), h)
                 valid_w = memory.new_full((batch_size, ), w)
-            grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device),
-                indexing='ij')
+            grid_y, grid_x = torch.meshgrid(  # arange: see DeformableDetrEncoder
+                torch.arange(h, dtype=torch.float32, device=memory.device),
+                torch.arange(w, dtype=torch.float32, device=memory.device), indexing='ij')
             grid = torch.stack([grid_x, grid_y], -1)
             scale = torch.stack([valid_w, valid_h], -1).float().view(batch_size, 1, 1, 2)
             grid = (grid.unsqueeze(0).expand(batch_size, -1, -1, -1) + 0.5) / scale

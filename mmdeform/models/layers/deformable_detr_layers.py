@@ -85,9 +85,11 @@ class DeformableDetrEncoder(nn.Module):
         """
         points = []
         for lvl, (h, w) in enumerate(level_shapes):
+            # arange, not linspace: the same values, and a symbolic size stays symbolic
+            # under torch.compile (linspace specialises it: a recompilation per image size)
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=valid_ratios.device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=valid_ratios.device),
+                torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
                 indexing='ij')
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
             ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
