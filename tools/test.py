@@ -9,6 +9,7 @@ import os
 from mmengine.config import Config, DictAction
 
 from mmdeform.engine import Runner
+from mmdeform.engine.compile import compile_options
 from mmdeform.utils import check_dataset_paths, load_config, register_all_modules
 
 
@@ -25,6 +26,10 @@ def parse_args(argv=None):
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='score threshold of the boxes drawn by --show/--show-dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the detector\'s forward: cfg.compile = True unless the '
+                             'config sets a dict of torch.compile arguments (e.g. --cfg-options '
+                             'compile.backend=aot_eager); docs/deployment.md')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -64,6 +69,9 @@ def build_config(args) -> Config:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
             else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
+    if args.compile and not cfg.get('compile'):
+        cfg.compile = True
+    compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
     return cfg
 
 

@@ -19,6 +19,7 @@ from mmdeform.utils.checkpoint import (CheckpointMismatchError, check_family, ch
                                        describe_mismatch, register_checkpoint_loaders,
                                        trusted_checkpoints)
 from mmdeform.utils.errors import CheckpointReadError, ConfigMismatchError
+from .compile import compile_detector, compile_options
 from .hooks.finite_loss_hook import FiniteLossHook, NonFiniteLossError
 from .hooks.rng_state_hook import gather_rng_states
 
@@ -79,6 +80,10 @@ class Runner(MMEngineRunner):
     * ``model.bbox_head.num_classes`` must equal the number of classes in the
       dataset's metainfo, and training stops at the first non-finite loss
       (:class:`FiniteLossHook`, added to every run).
+    * ``cfg.compile`` (``True`` or a dict of ``torch.compile`` arguments, as in mmengine)
+      compiles the detector's forward, for training, validation and testing alike, where
+      mmengine 0.10.7 compiles the wrapped model's ``train_step`` in ``train()`` only
+      (:mod:`mmdeform.engine.compile` says why); the log says what was compiled.
     * A second Runner built in the same process within the same second gets its
       own logger and message hub: mmengine names them after the config and the
       second the run started, and would hand the second run the first one's
@@ -196,6 +201,15 @@ class Runner(MMEngineRunner):
             f'{", ..." if len(classes) > 6 else ""}); set model.bbox_head.num_classes='
             f'{len(classes)} or the dataset\'s metainfo=dict(classes=...)')
 
+    def _maybe_compile(self, target: str = 'forward') -> None:
+        """Compile the detector's forward once, whatever ``target`` mmengine names (it
+        calls this with ``'train_step'`` in ``train()``; ``val()`` and ``test()`` call it too)."""
+        options = compile_options(self.cfg.get('compile'))
+        if options is None or getattr(self, '_compiled', False):
+            return
+        self.logger.info(compile_detector(unwrap(self.model), options))
+        self._compiled = True
+
     def train(self):
         if self._train_loop is not None:
             self.check_num_classes(self.train_loop.dataloader, 'train')
@@ -212,11 +226,13 @@ class Runner(MMEngineRunner):
     def val(self):
         if self._val_loop is not None:
             self.check_num_classes(self.val_loop.dataloader, 'val')
+        self._maybe_compile()
         return super().val()
 
     def test(self):
         if self._test_loop is not None:
             self.check_num_classes(self.test_loop.dataloader, 'test')
+        self._maybe_compile()
         return super().test()
 
 

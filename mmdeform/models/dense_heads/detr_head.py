@@ -214,8 +214,11 @@ class DETRHead(BaseModule):
         """Top queries of one image as pixel xyxy boxes (no NMS)."""
         img_h, img_w = img_meta['img_shape'][:2]
         boxes, scores, labels = self.detections(cls_score, bbox_pred, img_h, img_w)
-        if rescale:
-            boxes /= boxes.new_tensor(img_meta['scale_factor']).repeat((1, 2))
+        if rescale:  # by Python floats, which torch.compile keeps symbolic (no recompilation
+            # for every new scale); a tensor made of them would be specialised to their values
+            scale_w, scale_h = img_meta['scale_factor'][:2]
+            boxes[:, 0::2] /= scale_w
+            boxes[:, 1::2] /= scale_h
         results = InstanceData()
         results.bboxes = boxes
         results.scores = scores

@@ -132,12 +132,19 @@ def padding_masks(batch_data_samples: SampleList,
     The image-size mask is downsampled to each level by nearest interpolation,
     as in both official repos. Returns a list of Nones when no image of the
     batch is padded, so attention can skip masking.
+
+    Under ``torch.compile`` the sizes are symbolic once they vary: one comparison decides
+    whether any image is padded and the mask is built by comparisons with ``arange``, not
+    by slicing per image, so that the compiled graph is guarded by that one condition
+    rather than by every image's size (a recompilation per batch otherwise).
     """
     input_h, input_w = batch_data_samples[0].batch_input_shape
     shapes = [sample.img_shape[:2] for sample in batch_data_samples]
-    if all(h == input_h and w == input_w for h, w in shapes):
+    if sum((input_h - h) + (input_w - w) for h, w in shapes) == 0:  # h <= input_h, w <= input_w
         return [None] * len(feats)
-    mask = feats[0].new_ones((len(shapes), input_h, input_w))
-    for i, (h, w) in enumerate(shapes):
-        mask[i, :h, :w] = 0
+    device = feats[0].device
+    valid = torch.tensor(shapes, device=device)  # torch.tensor keeps symbolic sizes symbolic
+    rows = torch.arange(input_h, device=device)[None, :, None] >= valid[:, 0, None, None]
+    cols = torch.arange(input_w, device=device)[None, None, :] >= valid[:, 1, None, None]
+    mask = (rows | cols).to(feats[0].dtype)
     return [F.interpolate(mask[None], size=f.shape[-2:]).to(torch.bool)[0] for f in feats]

@@ -85,8 +85,8 @@ class DeformableDetrEncoder(nn.Module):
         """
         points = []
         for lvl, (h, w) in enumerate(level_shapes):
-            # arange + 0.5 is linspace(0.5, h - 0.5, h) to the bit, and an exported graph
-            # keeps its length symbolic (linspace's decomposition fixes it)
+            # arange + 0.5 is linspace(0.5, h - 0.5, h) to the bit, and a symbolic size stays
+            # symbolic (linspace fixes it: an export baked to one size, a recompilation per size)
             ref_y, ref_x = torch.meshgrid(
                 torch.arange(h, dtype=torch.float32, device=valid_ratios.device) + 0.5,
                 torch.arange(w, dtype=torch.float32, device=valid_ratios.device) + 0.5,
