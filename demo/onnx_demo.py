@@ -49,6 +49,7 @@ def load_session(path: str, threads: int = 0):
     if not osp.isfile(path):
         raise DemoError(f'model file {path!r} does not exist')
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph optimiser's notes are not for users
     if threads:
         options.intra_op_num_threads = threads
     try:

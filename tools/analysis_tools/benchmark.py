@@ -3,6 +3,7 @@
     python tools/analysis_tools/benchmark.py [--config C] [--mmdet-config M] [--threads 2]
     python tools/analysis_tools/benchmark.py --mode op [--threads 2]
     python tools/analysis_tools/benchmark.py --mode na [--threads 2]
+    python tools/analysis_tools/benchmark.py --backend onnxruntime [--sizes 800x1066]
 
 Both models get the same weights (mmdet's random initialisation, converted), run
 the same inputs, and alternate: each repeat runs one then the other, swapping
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument('--mode', choices=['model', 'op', 'na'], default='model',
                    help='model: mmdeform model vs mmdet model; op: the deformable-attention op; '
                    "na: DAT++'s neighbourhood attention, our kernels vs the PyTorch path")
+    p.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                   help='onnxruntime: our model exported to ONNX, in onnxruntime, next to our '
+                        'eager and compiled model and mmdet (benchmark_onnx.py)')
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
@@ -305,6 +309,10 @@ def main(argv=None):
     if args.mode == 'na':
         from benchmark_op import run_na_benchmark
         return run_na_benchmark(args, run_cases, Case)
+    if args.backend == 'onnxruntime':
+        from benchmark_onnx import run_onnx_benchmark
+        return run_onnx_benchmark(args, build_pair, make_inputs, timed,
+                                  set_malloc_mmap_threshold)
     ours, ref = build_pair(args)
     device_name = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
                    f'CPU ({os.cpu_count()} cores)')
