@@ -15,8 +15,8 @@ class PResNet(ResNetV1d):
     R50/R101. For R18/R34 (basic blocks) the official first block of stage 1
     has a projection shortcut (1x1 conv 64 -> 64 + BN) although its input and
     output shapes agree; mmdet has an identity there. ``stage1_projection``
-    (default: on for basic blocks) adds it as ``layer1.0.downsample.{0,1}``,
-    named like the stride-1 shortcut of mmdet's R50 stage 1.
+    (default: on for basic blocks) adds it as ``layer1.0.downsample.{1,2}`` (conv,
+    BN), named like mmdet's other shortcuts.
 
     Frozen BN is mmdet's: ``norm_cfg=dict(type='BN', requires_grad=False)`` and
     ``norm_eval=True`` keep the affine values as parameters that do not train,
@@ -37,6 +37,7 @@ class PResNet(ResNetV1d):
         if stage1_projection and first.downsample is None:
             channels = self.base_channels * self.block.expansion
             first.downsample = nn.Sequential(
+                nn.Identity(),  # where mmdet's stride-1 shortcuts have AvgPool2d(1, 1)
                 build_conv_layer(self.conv_cfg, self.stem_channels, channels, 1, bias=False),
                 build_norm_layer(self.norm_cfg, channels)[1])
             self._freeze_stages()  # the new layer is frozen with its stage

@@ -17,7 +17,7 @@ class DetrVarifocalLoss(nn.Module):
     score, as in the official RT-DETR. mmdet's ``VarifocalLoss`` is not this
     loss: its weight is not detached (so the gradients differ everywhere), and a
     matched query whose IoU is 0 counts there as a negative with weight
-    ``alpha * p^gamma``, here with weight 0 (tests/test_models/test_rtdetr_parts.py).
+    ``alpha * p^gamma``, here with weight 0 (tests/test_models/test_rtdetr.py).
 
     The heads pass ``ious`` because of ``iou_aware``: see
     :meth:`~mmdeform.models.dense_heads.DETRHead.iou_targets`.
