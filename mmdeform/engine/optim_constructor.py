@@ -20,6 +20,8 @@ class LrMultOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
         self.lr_mults = dict(paramwise_cfg.pop('lr_mults', {}))
+        if self.lr_mults:  # a non-empty paramwise_cfg makes mmengine call add_params
+            paramwise_cfg.setdefault('custom_keys', {})
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def add_params(self, params, module, prefix: str = '', is_dcn_module=None) -> None:
