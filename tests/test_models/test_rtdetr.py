@@ -15,6 +15,7 @@ from mmdeform.models.layers import MSDeformAttn
 from mmdeform.models.necks.hybrid_encoder import (HybridEncoder, RepVGGBlock,
                                                   sincos_embedding_2d)
 from mmdeform.ops.msda_discrete import discrete_deformable_attn
+from mmdeform.utils import count_parameters
 
 R18 = 'configs/rtdetr/rtdetrv2_r18vd_120e_coco.py'
 
@@ -55,6 +56,8 @@ def test_parameter_count_equals_the_official_plus_frozen_bn(name):
     depth = next(d for d in ('r101', 'r18', 'r34', 'r50') if f'_{d}vd' in name)
     assert frozen == FROZEN_BN[depth]
     assert _numel(model) == OFFICIAL[name] + frozen
+    # what get_flops.py prints as the official count
+    assert count_parameters(model, exclude_backbone_norms=True) == OFFICIAL[name]
 
 
 def test_r18_parameter_split_equals_the_official():
