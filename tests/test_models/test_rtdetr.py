@@ -154,7 +154,8 @@ def test_more_queries_than_anchors_names_both_numbers(r18):
     model = copy.deepcopy(r18).eval()
     inputs, samples = preprocess(model, *make_batch(sizes=((64, 64), )))
     # 8 x 8 + 4 x 4 + 2 x 2 anchors
-    with pytest.raises(ValueError, match=r'num_queries=300 .* only 84 anchors'):
+    with pytest.raises(ValueError, match=r'num_queries=300 .* only 84 feature cells .*'
+                       r'one anchor each'):
         model.predict(inputs, samples)
 
 

@@ -168,8 +168,9 @@ class DeformableDETR(BaseDETR):
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f'two-stage {type(self).__name__} selects num_queries={self.num_queries} '
-                f'proposals, but the input gives only {memory.shape[1]} anchors (one per '
-                f'feature cell, levels {enc.level_shapes}); use a larger input or fewer queries')
+                f'proposals, but the image gives only {memory.shape[1]} feature cells over all '
+                f'levels (one anchor each; level shapes {enc.level_shapes}); use a larger image '
+                'or fewer queries')
 
     def encoder_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
                           level_shapes: Sequence[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:
