@@ -150,6 +150,31 @@ def test_anchors_follow_the_input_size(r18):
     assert torch.equal(out.all_cls_scores, expected.all_cls_scores)
 
 
+def test_upsampling_is_nearest_2x_and_odd_maps_work():
+    """The top-down path upsamples by nearest 2x (checked against repeat_interleave); maps of
+    an input that is no multiple of 32 (13, 7, 4 from 100 x 100) are brought to the lower
+    level's size, where the official model fails."""
+    torch.manual_seed(0)
+    encoder = HybridEncoder(in_channels=[8, 8, 8], hidden_dim=16, num_heads=2,
+                            feedforward_channels=32, expansion=0.5).eval()
+    feats = [torch.randn(1, 8, s, s) for s in (16, 8, 4)]
+    calls = []
+    interpolate = F.interpolate
+
+    def spy(x, *args, **kwargs):
+        out = interpolate(x, *args, **kwargs)
+        calls.append((x, out))
+        return out
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, 'interpolate', spy)
+        encoder(feats)
+        outs = encoder([torch.randn(1, 8, s, s) for s in (13, 7, 4)])
+    for x, out in calls[:2]:
+        torch.testing.assert_close(out, x.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    assert [o.shape[-1] for o in outs] == [13, 7, 4]
+
+
 def test_more_queries_than_anchors_names_both_numbers(r18):
     model = copy.deepcopy(r18).eval()
     inputs, samples = preprocess(model, *make_batch(sizes=((64, 64), )))

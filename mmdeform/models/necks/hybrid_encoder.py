@@ -174,7 +174,9 @@ class HybridEncoder(nn.Module):
         for i, idx in enumerate(range(len(proj) - 1, 0, -1)):
             higher = self.lateral_convs[i](inner[0])
             inner[0] = higher
-            up = F.interpolate(higher, scale_factor=2.0, mode='nearest')
+            # nearest 2x (the official scale_factor=2); to the lower map's size, so that
+            # inputs that are no multiple of 32 (odd maps) work too
+            up = F.interpolate(higher, size=proj[idx - 1].shape[-2:], mode='nearest')
             inner.insert(0, self.fpn_blocks[i](torch.cat([up, proj[idx - 1]], 1)))
 
         outs = [inner[0]]  # bottom-up
