@@ -118,6 +118,10 @@ class Runner(MMEngineRunner):
             model_wrapper_cfg.setdefault('find_unused_parameters',
                                          self.cfg.get('find_unused_parameters', False))
             model_wrapper_cfg['device_ids'] = None
+            if self.cfg.get('sync_bn') is not None:  # RT-DETR's configs ask for it
+                self.logger.warning(f'sync_bn={self.cfg.sync_bn!r} ignored: SyncBatchNorm needs '
+                                    'CUDA; each CPU process normalises its own batch')
+                self.cfg.sync_bn = None
         return super().wrap_model(model_wrapper_cfg, model)
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor
 @dataclass
 class EncoderInputs:
     feat: Tensor  # (B, N, C) flattened features of every level
-    feat_pos: Tensor  # (B, N, C) positional (+ level) embeddings
+    feat_pos: Optional[Tensor]  # (B, N, C) positional (+ level) embeddings; None in RT-DETR
     feat_mask: Optional[Tensor]  # (B, N) bool, True at padding; None if no image is padded
     # multi-scale (Deformable DETR) only
     spatial_shapes: Optional[Tensor] = None  # (L, 2) int64, (H, W) of each level

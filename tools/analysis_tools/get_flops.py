@@ -226,7 +226,8 @@ def report(args, result: dict, params: Tuple[int, int]) -> None:
     print('Convention: 1 FLOP = 1 fused multiply-add (fvcore/detectron2, as in the DETR and '
           'Deformable DETR papers); elementwise ops, activations and softmax are not counted')
     print(f'Parameters: {params[0]:,} ({params[0] / 1e6:.2f} M); without the backbone\'s '
-          f'norm layers (frozen buffers in the official repos): {params[1]:,} '
+          f'frozen norm parameters (requires_grad=False here, FrozenBatchNorm2d buffers in '
+          f'the official repos, so the official count): {params[1]:,} '
           f'({params[1] / 1e6:.2f} M)')
     print(f'FLOPs, regular layers (mmengine jit counter): {result["traced"]:,} '
           f'({g(result["traced"])})')

@@ -1,4 +1,5 @@
 from .dat import DAT
 from .dilated_resnet import DilatedResNet
+from .presnet import PResNet
 
-__all__ = ['DAT', 'DilatedResNet']
+__all__ = ['DAT', 'DilatedResNet', 'PResNet']

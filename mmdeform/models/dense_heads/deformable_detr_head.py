@@ -1,7 +1,7 @@
 """Deformable DETR's head: sigmoid focal classification and boxes relative to the references."""
 import copy
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -116,9 +116,12 @@ class DeformableDETRHead(DETRHead):
         losses = self.set_loss(enc_cls, enc_boxes, matching, gt, labels)
         return {f'enc_{name}': value for name, value in losses.items()}
 
-    def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor) -> Tensor:
-        """Sigmoid focal loss summed over queries and classes, divided by the number
-        of boxes (the official normalisation)."""
+    def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor,
+                            ious: Optional[Tensor] = None) -> Tensor:
+        """Sigmoid focal (or, with ``ious``, varifocal) loss summed over queries and
+        classes, divided by the number of boxes (the official normalisation)."""
+        if ious is not None:
+            return self.loss_cls(cls_scores, labels, ious, avg_factor=num_boxes)
         return self.loss_cls(cls_scores, labels, avg_factor=num_boxes)
 
     # -------------------------------------------------------------- inference

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps, bbox_xyxy_to_cxcywh
 from mmengine.dist import all_reduce
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
@@ -161,10 +161,11 @@ class DETRHead(BaseModule):
         labels = torch.full((batch_size, num_queries), self.num_classes, dtype=torch.long,
                             device=device)
         labels[img_idx, query_idx] = matched_labels
-        loss_cls = self.classification_loss(cls_scores.flatten(0, 1), labels.flatten(),
-                                            gt.num_boxes)
-
         preds = bbox_preds[img_idx, query_idx]
+        ious = self.iou_targets(labels.shape, img_idx, query_idx, preds, matched_boxes)
+        loss_cls = self.classification_loss(cls_scores.flatten(0, 1), labels.flatten(),
+                                            gt.num_boxes, ious)
+
         loss_bbox = self.loss_bbox(preds, matched_boxes, avg_factor=gt.num_boxes)
         scale = gt.img_sizes[img_idx]
         loss_iou = self.loss_iou(bbox_cxcywh_to_xyxy(preds) * scale,
@@ -172,7 +173,20 @@ class DETRHead(BaseModule):
                                  avg_factor=gt.num_boxes)
         return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
 
-    def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor) -> Tensor:
+    def iou_targets(self, shape: Tuple[int, int], img_idx: Tensor, query_idx: Tensor,
+                    preds: Tensor, targets: Tensor) -> Optional[Tensor]:
+        """For an IoU-aware ``loss_cls`` (``iou_aware``, the varifocal loss): the IoU of
+        each matched query's box ``preds`` with its target, without gradient, and 0 at
+        the other queries, ``(B * Q,)``. None for other losses."""
+        if not getattr(self.loss_cls, 'iou_aware', False):
+            return None
+        ious = preds.new_zeros(shape)
+        ious[img_idx, query_idx] = bbox_overlaps(bbox_cxcywh_to_xyxy(preds.detach()),
+                                                 bbox_cxcywh_to_xyxy(targets), is_aligned=True)
+        return ious.flatten()
+
+    def classification_loss(self, cls_scores: Tensor, labels: Tensor, num_boxes: Tensor,
+                            ious: Optional[Tensor] = None) -> Tensor:
         """Class-weighted mean cross-entropy, as ``F.cross_entropy(weight=...)`` of
         the official DETR: matched queries weigh 1, the others ``bg_cls_weight``."""
         num_pos = (labels < self.num_classes).sum().to(torch.promote_types(cls_scores.dtype,

@@ -93,8 +93,10 @@ class DINOHead(DeformableDETRHead):
                 values = dict(loss_cls=zero, loss_bbox=zero, loss_iou=zero)
             else:
                 preds = boxes[img_idx, query_idx]
+                ious = self.iou_targets(labels.shape, img_idx, query_idx, preds, matched)
                 values = dict(
-                    loss_cls=self.loss_cls(cls.flatten(0, 1), labels.flatten(), avg_factor=num_pos),
+                    loss_cls=self.classification_loss(cls.flatten(0, 1), labels.flatten(),
+                                                      num_pos, ious),
                     loss_bbox=self.loss_bbox(preds, matched, avg_factor=num_pos),
                     loss_iou=self.loss_iou(bbox_cxcywh_to_xyxy(preds) * scale,
                                            bbox_cxcywh_to_xyxy(matched) * scale,

@@ -55,7 +55,7 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
         pos_cfg.setdefault('type', 'SinePositionalEncoding')
         self.positional_encoding = MODELS.build(pos_cfg)
         self._init_transformer(dict(encoder or {}), dict(decoder or {}))
-        self.embed_dims = self.encoder.embed_dims
+        self.embed_dims = self.decoder.embed_dims
         if 2 * self.positional_encoding.num_feats != self.embed_dims:
             raise ValueError(f'{type(self).__name__}: positional_encoding.num_feats '
                              f'({self.positional_encoding.num_feats}) must be half of the '
@@ -63,16 +63,17 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
 
     def init_weights(self) -> None:
         """Backbone/neck/head by their own rules, then Xavier for every matrix of
-        the encoder and decoder (both official repositories do this)."""
+        the encoder (if the model has one) and decoder (as the official repositories)."""
         super().init_weights()
         for module in (self.encoder, self.decoder):
-            for p in module.parameters():
+            for p in module.parameters() if module is not None else ():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
     @abstractmethod
     def _init_transformer(self, encoder: dict, decoder: dict) -> None:
-        """Build ``self.encoder``, ``self.decoder`` and the query embeddings."""
+        """Build ``self.encoder`` (None where the neck is the encoder), ``self.decoder``
+        and the query embeddings."""
 
     # ------------------------------------------------------------------ steps
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor, ...]:

@@ -100,11 +100,8 @@ class DeformableDETR(BaseDETR):
         flat_feats, flat_pos, flat_masks, shapes, ratios = [], [], [], [], []
         for lvl, (feat, mask) in enumerate(zip(feats, masks)):
             h, w = feat.shape[-2:]
-            pos_mask = mask if mask is not None else feat.new_zeros((batch_size, h, w),
-                                                                    dtype=torch.bool)
-            pos = self.positional_encoding(pos_mask).flatten(2).transpose(1, 2)
             flat_feats.append(feat.flatten(2).transpose(1, 2))
-            flat_pos.append(pos + self.level_embed[lvl].view(1, 1, -1))
+            flat_pos.append(self.level_positions(feat, mask, lvl))
             flat_masks.append(None if mask is None else mask.flatten(1))
             shapes.append((h, w))
             ratios.append(valid_ratios_of(mask, (h, w), batch_size, feat.device))
@@ -114,12 +111,19 @@ class DeformableDETR(BaseDETR):
                                        spatial_shapes.prod(1).cumsum(0)[:-1]))
         return EncoderInputs(
             feat=torch.cat(flat_feats, 1),
-            feat_pos=torch.cat(flat_pos, 1),
+            feat_pos=None if flat_pos[0] is None else torch.cat(flat_pos, 1),
             feat_mask=None if masks[0] is None else torch.cat(flat_masks, 1),
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
             valid_ratios=torch.stack(ratios, 1),
             level_shapes=shapes)
+
+    def level_positions(self, feat: Tensor, mask: Optional[Tensor], lvl: int) -> Optional[Tensor]:
+        """``(B, h * w, C)`` sine positions plus the level embedding of one level."""
+        b, _, h, w = feat.shape
+        pos_mask = mask if mask is not None else feat.new_zeros((b, h, w), dtype=torch.bool)
+        pos = self.positional_encoding(pos_mask).flatten(2).transpose(1, 2)
+        return pos + self.level_embed[lvl].view(1, 1, -1)
 
     def forward_encoder(self, enc: EncoderInputs) -> Tensor:
         return self.encoder(enc.feat, enc.feat_pos, enc.feat_mask, enc.spatial_shapes,
@@ -165,8 +169,8 @@ class DeformableDETR(BaseDETR):
             raise ValueError(
                 f'two-stage {type(self).__name__} selects num_queries={self.num_queries} '
                 f'proposals, but the image gives only {memory.shape[1]} feature cells over all '
-                f'levels (spatial_shapes {enc.spatial_shapes.tolist()}); use a larger image or '
-                'fewer queries')
+                f'levels (one anchor each; level shapes {enc.level_shapes}); use a larger image '
+                'or fewer queries')
 
     def encoder_proposals(self, memory: Tensor, memory_mask: Optional[Tensor],
                           level_shapes: Sequence[Tuple[int, int]]) -> Tuple[Tensor, Tensor]:

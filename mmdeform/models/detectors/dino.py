@@ -16,7 +16,7 @@ from ..structures import DecoderInputs, DenoisingMeta, EncoderInputs, HeadInputs
 from .base_detr import BaseDETR
 from .deformable_detr import DeformableDETR
 
-QUERY_SELECTIONS = ('mixed', 'pure', 'static')
+QUERY_SELECTIONS = ('mixed', 'pure', 'static', 'memory')
 
 
 @MODELS.register_module()
@@ -36,7 +36,9 @@ class DINO(DeformableDETR):
             position from ``pos_trans`` of the top proposals by their first
             (objectness) logit, the same position query for every decoder
             layer, class-agnostic proposals. ``'static'``: learned anchors and
-            learned content, no encoder proposals. With ``'pure'``, no
+            learned content, no encoder proposals. ``'memory'`` (RT-DETR): the
+            anchors as in ``'mixed'``, the content is the selected (transformed)
+            encoder memory, detached. With ``'pure'``, no
             denoising and no look-forward-twice, the model is refinement +
             two-stage :class:`DeformableDETR` (it loads its checkpoints).
         Others: see :class:`DeformableDETR`; ``with_box_refine`` must stay True
@@ -69,20 +71,20 @@ class DINO(DeformableDETR):
         return dict(bbox_head, as_two_stage=self.as_two_stage, num_pred_layer=num_layers)
 
     def _init_transformer(self, encoder: dict, decoder: dict) -> None:
-        encoder.setdefault('num_levels', self.num_feature_levels)
+        self._init_encoder(encoder)
         decoder.setdefault('num_levels', self.num_feature_levels)
-        self.encoder = DeformableDetrEncoder(**encoder)
-        self.decoder = DinoDecoder(look_forward_twice=self.look_forward_twice,
-                                   anchor_queries=self.query_selection != 'pure', **decoder)
-        c = self.encoder.embed_dims
-        self.level_embed = nn.Parameter(torch.zeros(self.num_feature_levels, c))
+        pure = self.query_selection == 'pure'
+        decoder.setdefault('query_pos', 'given' if pure else 'sine')
+        decoder.setdefault('final_norm', not pure)
+        self.decoder = DinoDecoder(look_forward_twice=self.look_forward_twice, **decoder)
+        c = self.decoder.embed_dims
         if self.as_two_stage:
             self.memory_trans_fc = nn.Linear(c, c)
             self.memory_trans_norm = nn.LayerNorm(c)
         if self.query_selection == 'pure':  # Deformable DETR's two-stage queries
             self.pos_trans_fc = nn.Linear(2 * c, 2 * c)
             self.pos_trans_norm = nn.LayerNorm(2 * c)
-        else:
+        elif self.query_selection != 'memory':
             self.query_embedding = nn.Embedding(self.num_queries, c)  # content queries
         if self.query_selection == 'static':
             self.anchor_embedding = nn.Embedding(self.num_queries, 4)  # inverse-sigmoid boxes
@@ -92,6 +94,13 @@ class DINO(DeformableDETR):
                 num_classes=self.bbox_head.num_classes, embed_dims=c,
                 num_matching_queries=self.num_queries, **self.dn_cfg)
 
+    def _init_encoder(self, encoder: dict) -> None:
+        """Deformable DETR's encoder and level embeddings."""
+        encoder.setdefault('num_levels', self.num_feature_levels)
+        self.encoder = DeformableDetrEncoder(**encoder)
+        self.level_embed = nn.Parameter(torch.zeros(self.num_feature_levels,
+                                                    self.encoder.embed_dims))
+
     def init_weights(self) -> None:
         BaseDETR.init_weights(self)
         for m in self.modules():
@@ -99,9 +108,10 @@ class DINO(DeformableDETR):
                 m.init_weights()
         if self.as_two_stage:
             nn.init.xavier_uniform_(self.memory_trans_fc.weight)
-        if self.query_selection != 'pure':
+        if hasattr(self, 'query_embedding'):
             nn.init.xavier_uniform_(self.query_embedding.weight)
-        nn.init.normal_(self.level_embed)
+        if hasattr(self, 'level_embed'):
+            nn.init.normal_(self.level_embed)
 
     # ----------------------------------------------------------------- steps
     def forward_transformer(self, feats: Sequence[Tensor],
@@ -135,7 +145,10 @@ class DINO(DeformableDETR):
             return torch.gather(x, 1, topk.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
         topk_coords_unact = gather(enc_outputs_coord_unact)
-        query = self.query_embedding.weight.expand(batch_size, -1, -1)
+        if self.query_selection == 'memory':
+            query = gather(output_memory).detach()
+        else:
+            query = self.query_embedding.weight.expand(batch_size, -1, -1)
         dec = DecoderInputs(query, None, memory, topk_coords_unact.detach().sigmoid())
         # the proposal loss sees the selected proposals, with gradients
         return dec, dict(enc_outputs_class=gather(enc_outputs_class),

@@ -1,5 +1,5 @@
 """Deformable DETR's encoder and decoder (post-norm, FFN 1024, dropout 0.1)."""
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,15 +40,18 @@ class DeformableDetrEncoderLayer(nn.Module):
 
 
 class DeformableDetrDecoderLayer(nn.Module):
-    """MHA self-attention -> norm -> MSDeformAttn cross-attention -> norm -> FFN -> norm."""
+    """MHA self-attention -> norm -> MSDeformAttn cross-attention -> norm -> FFN -> norm.
+    ``cross_attn_cfg``: further :class:`MSDeformAttn` arguments (``offset_scale``,
+    ``sampling``)."""
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4,
-                 num_points: int = 4, feedforward_channels: int = 1024,
-                 dropout: float = 0.1) -> None:
+                 num_points: Union[int, Sequence[int]] = 4, feedforward_channels: int = 1024,
+                 dropout: float = 0.1, cross_attn_cfg: Optional[dict] = None) -> None:
         super().__init__()
         self.embed_dims = embed_dims
         self.self_attn = MultiheadAttention(embed_dims, num_heads, dropout)
-        self.cross_attn = MSDeformAttn(embed_dims, num_heads, num_levels, num_points)
+        self.cross_attn = MSDeformAttn(embed_dims, num_heads, num_levels, num_points,
+                                       **(cross_attn_cfg or {}))
         self.dropout = nn.Dropout(dropout)
         self.ffn = build_ffn(embed_dims, feedforward_channels, dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))

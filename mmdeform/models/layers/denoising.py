@@ -7,6 +7,7 @@ classified as no object). A quarter of the copies (``label_noise_scale / 2``)
 get a random label. The queries' content is the label's embedding; their
 reference box is the noisy box.
 """
+import math
 import warnings
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -53,6 +54,10 @@ class CdnQueryGenerator(nn.Module):
             warning. Default ``2 * num_dn_queries``, which no COCO image reaches.
         num_label_embeddings: rows of the label embedding; the official model has
             ``num_classes + 1`` (the default), mmdet ``num_classes``.
+        box_eps: the inverse-sigmoid clamp of the noisy boxes (DINO 1e-3, RT-DETR 1e-5).
+        padding_box: the box of the slots that images with fewer targets leave
+            empty: ``'centre'`` (DINO: logits 0, a centred half-size box) or
+            ``'zero'`` (RT-DETR: its noise leaves the zero box, logits ``log(box_eps)``).
 
     The random draws come from :meth:`draw_noise`, in the order and shapes of
     mmdet 3.3.0's ``CdnQueryGenerator``; replace it to inject fixed noise.
@@ -61,8 +66,14 @@ class CdnQueryGenerator(nn.Module):
     def __init__(self, num_classes: int, embed_dims: int, num_matching_queries: int,
                  label_noise_scale: float = 0.5, box_noise_scale: float = 1.0,
                  num_dn_queries: int = 100, max_dn_queries: Optional[int] = None,
-                 num_label_embeddings: Optional[int] = None) -> None:
+                 num_label_embeddings: Optional[int] = None, box_eps: float = 1e-3,
+                 padding_box: str = 'centre') -> None:
         super().__init__()
+        if padding_box not in ('centre', 'zero'):
+            raise ValueError(f"CdnQueryGenerator: padding_box must be 'centre' or 'zero', "
+                             f'got {padding_box!r}')
+        self.box_eps = box_eps
+        self.padding_logit = 0.0 if padding_box == 'centre' else math.log(box_eps)
         rows = num_classes + 1 if num_label_embeddings is None else num_label_embeddings
         if num_classes > rows:
             raise ValueError(f'CdnQueryGenerator: num_classes={num_classes} is larger than the '
@@ -149,14 +160,14 @@ class CdnQueryGenerator(nn.Module):
         offset = (noise.box_magnitude + negative[:, None]) * noise.box_sign
         half_sizes = bbox_xyxy_to_cxcywh(copies)[:, 2:].repeat(1, 2)
         noisy = (copies + offset * half_sizes * self.box_noise_scale / 2).clamp(min=0.0, max=1.0)
-        return inverse_sigmoid(bbox_xyxy_to_cxcywh(noisy), eps=1e-3)
+        return inverse_sigmoid(bbox_xyxy_to_cxcywh(noisy), eps=self.box_eps)
 
     def _collate(self, label_query: Tensor, box_query: Tensor, image_of: Tensor,
                  gt_indices: List[Tensor], num_groups: int,
                  max_targets: int) -> Tuple[Tensor, Tensor]:
         """Place the copies in ``(B, P, ...)``: image ``b``'s ``j``-th target of block
         ``k`` (``k = 2 * group + negative``) at query ``k * max_targets + j``; the
-        slots of images with fewer targets stay zero."""
+        slots of images with fewer targets keep a zero content and ``padding_box``."""
         batch_size = len(gt_indices)
         slot = torch.cat([torch.arange(len(keep), device=image_of.device) for keep in gt_indices])
         blocks = torch.arange(2 * num_groups, device=image_of.device).repeat_interleave(len(slot))
@@ -164,7 +175,7 @@ class CdnQueryGenerator(nn.Module):
         image_index = image_of.repeat(2 * num_groups)
         num_queries = 2 * max_targets * num_groups
         labels = label_query.new_zeros(batch_size, num_queries, self.embed_dims)
-        boxes = box_query.new_zeros(batch_size, num_queries, 4)
+        boxes = box_query.new_full((batch_size, num_queries, 4), self.padding_logit)
         labels[image_index, query_index] = label_query
         boxes[image_index, query_index] = box_query
         return labels, boxes

@@ -8,21 +8,24 @@ from torch import Tensor, nn
 from .attention import MultiheadAttention
 
 
-def build_ffn(embed_dims: int, feedforward_channels: int, ffn_drop: float) -> FFN:
-    """``x + drop(fc2(drop(relu(fc1(x)))))``: mmcv's FFN with its residual."""
+def build_ffn(embed_dims: int, feedforward_channels: int, ffn_drop: float,
+              act_cfg: dict = dict(type='ReLU', inplace=True)) -> FFN:
+    """``x + drop(fc2(drop(act(fc1(x)))))``: mmcv's FFN with its residual."""
     return FFN(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
-               num_fcs=2, ffn_drop=ffn_drop, act_cfg=dict(type='ReLU', inplace=True))
+               num_fcs=2, ffn_drop=ffn_drop, act_cfg=act_cfg)
 
 
 class DetrEncoderLayer(nn.Module):
-    """Self-attention -> norm -> FFN -> norm (post-norm)."""
+    """Self-attention -> norm -> FFN -> norm (post-norm); ``act_cfg``: the FFN's
+    activation (ReLU; GELU in RT-DETR's AIFI)."""
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8,
-                 feedforward_channels: int = 2048, dropout: float = 0.1) -> None:
+                 feedforward_channels: int = 2048, dropout: float = 0.1,
+                 act_cfg: dict = dict(type='ReLU', inplace=True)) -> None:
         super().__init__()
         self.embed_dims = embed_dims
         self.self_attn = MultiheadAttention(embed_dims, num_heads, dropout)
-        self.ffn = build_ffn(embed_dims, feedforward_channels, dropout)
+        self.ffn = build_ffn(embed_dims, feedforward_channels, dropout, act_cfg)
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(2))
 
     def forward(self, query: Tensor, query_pos: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:

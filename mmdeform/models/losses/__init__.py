@@ -1,0 +1,3 @@
+from .varifocal_loss import DetrVarifocalLoss
+
+__all__ = ['DetrVarifocalLoss']
