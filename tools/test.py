@@ -27,9 +27,9 @@ def parse_args(argv=None):
                         help='score threshold of the boxes drawn by --show/--show-dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the detector\'s forward: cfg.compile = True unless the '
-                             'config sets a dict of torch.compile arguments (e.g. --cfg-options '
-                             'compile.backend=aot_eager); docs/deployment.md')
+                        help='torch.compile the detector\'s forward (cfg.compile, as in '
+                             'mmengine; by default inductor with freezing), e.g. with '
+                             '--cfg-options compile.backend=aot_eager; docs/deployment.md')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -69,9 +69,15 @@ def build_config(args) -> Config:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
             else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
-    if args.compile and not cfg.get('compile'):
-        cfg.compile = True
-    compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
+    options = compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
+    if args.compile:
+        options = options or {}
+        if options.get('backend', 'inductor') == 'inductor' and 'mode' not in options:
+            # inference only: the weights become constants of the graph, so inductor folds
+            # the frozen batch norms and packs the weights once (docs/deployment.md)
+            options['options'] = dict(options.get('options') or {})
+            options['options'].setdefault('freezing', True)
+        cfg.compile = options
     return cfg
 
 

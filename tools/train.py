@@ -8,7 +8,7 @@ import os
 from mmengine.config import Config, DictAction
 
 from mmdeform.engine import Runner
-from mmdeform.engine.compile import compile_options
+from mmdeform.engine.compile import check_training_options, compile_options
 from mmdeform.utils import check_dataset_paths, load_config, register_all_modules
 
 
@@ -24,10 +24,10 @@ def parse_args(argv=None):
                         help='resume from CKPT, or without a value from the latest '
                              'checkpoint in the work dir')
     parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the detector\'s forward (every mode: losses, validation '
-                             'predictions), cfg.compile = True unless the config sets a dict of '
-                             'torch.compile arguments (e.g. --cfg-options compile.backend=aot_eager); '
-                             'docs/deployment.md')
+                        help='torch.compile the detector\'s forward, for the training losses and '
+                             'the validation predictions (cfg.compile = True unless the config '
+                             'sets a dict of torch.compile arguments, e.g. --cfg-options '
+                             'compile.backend=aot_eager); docs/deployment.md')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.bbox_head.num_classes=3')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -60,7 +60,9 @@ def build_config(args) -> Config:
         cfg.load_from = args.resume
     if args.compile and not cfg.get('compile'):
         cfg.compile = True
-    compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
+    options = compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
+    if options is not None:
+        check_training_options(options)
     return cfg
 
 

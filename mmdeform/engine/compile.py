@@ -45,6 +45,15 @@ def compile_options(value) -> Optional[dict]:
     return dict(value)
 
 
+def check_training_options(options: dict) -> None:
+    """Inductor's freezing turns the weights into constants of the compiled graph: the
+    validation graph of a training run would keep evaluating the first weights."""
+    if (options.get('options') or {}).get('freezing'):
+        raise CompileConfigError('config key compile.options.freezing: True makes the weights '
+                                 'constants of the compiled graph, which training changes; '
+                                 'use it for testing only (tools/test.py --compile sets it)')
+
+
 def compile_detector(model: nn.Module, options: dict) -> str:
     """Compile ``model``'s forward in place (``nn.Module.compile``: ``model(...)`` then runs
     the compiled code, in every mode) and return a sentence saying what was compiled."""
@@ -67,4 +76,5 @@ def compile_detector(model: nn.Module, options: dict) -> str:
     return what
 
 
-__all__ = ['compile_options', 'compile_detector', 'CompileConfigError']
+__all__ = ['compile_options', 'compile_detector', 'check_training_options',
+           'CompileConfigError']

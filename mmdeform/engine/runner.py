@@ -19,7 +19,7 @@ from mmdeform.utils.checkpoint import (CheckpointMismatchError, check_family, ch
                                        describe_mismatch, register_checkpoint_loaders,
                                        trusted_checkpoints)
 from mmdeform.utils.errors import CheckpointReadError, ConfigMismatchError
-from .compile import compile_detector, compile_options
+from .compile import check_training_options, compile_detector, compile_options
 from .hooks.finite_loss_hook import FiniteLossHook, NonFiniteLossError
 from .hooks.rng_state_hook import gather_rng_states
 
@@ -211,6 +211,8 @@ class Runner(MMEngineRunner):
         options = compile_options(self.cfg.get('compile'))
         if options is None or getattr(self, '_compiled', False):
             return
+        if target == 'train_step':
+            check_training_options(options)
         self.logger.info(compile_detector(unwrap(self.model), options))
         self._compiled = True
 

@@ -72,8 +72,13 @@ def model(request):
 
 @pytest.fixture(scope='module')
 def batch(model):
+    """A padded batch of 2 images. Its sizes are static here: the data preprocessor marks
+    them dynamic (test_preprocessor_marks_image_sizes_dynamic), and tracing with symbolic
+    sizes takes 2-3 times longer; tools/test.py --compile runs that path
+    (tests/test_tools/test_compile_tool.py)."""
     images, samples = make_batch(sizes=SIZES, boxes_per_image=[3, 2], num_classes=4)
-    return preprocess(model, images, samples, training=True)
+    inputs, samples = preprocess(model, images, samples, training=True)
+    return inputs.clone(), samples  # a clone carries no dynamic marks
 
 
 def compiled_with_explain(model, backend: str):
@@ -165,6 +170,24 @@ def break_sites(explain):
                             if name in reason.reason), reason.reason),
                       f'{os.path.basename(frame.filename)}:{frame.lineno} {frame.line}'))
     return sites
+
+
+def traced_sizes(inputs) -> list:
+    """Which sizes of ``inputs`` dynamo traces as symbolic."""
+    explain = torch._dynamo.explain(lambda x: x * 2)(inputs)
+    torch._dynamo.reset()
+    (value, ) = [n.meta['example_value'] for n in explain.graphs[0].graph.nodes
+                 if n.op == 'placeholder' and isinstance(n.meta['example_value'], torch.Tensor)]
+    return [isinstance(size, torch.SymInt) for size in value.shape]
+
+
+def test_preprocessor_marks_image_sizes_dynamic(model):
+    """The first compilation already has a symbolic height and width (BaseDETR's hook on
+    the data preprocessor), not the batch size or the channels."""
+    images, samples = make_batch(sizes=SIZES, num_classes=4)
+    inputs, _ = preprocess(model, images, samples)
+    assert traced_sizes(inputs) == [False, False, True, True]
+    assert traced_sizes(inputs.clone()) == [False] * 4
 
 
 # ------------------------------------------------------------------ graph breaks

@@ -76,3 +76,32 @@ def test_compile_values():
     assert compile_options(True) == {}
     assert compile_options(dict(backend='aot_eager', dynamic=True)) == dict(
         backend='aot_eager', dynamic=True)
+
+
+def tool_config(tool, argv):
+    module = load_tool(tool)
+    return module.build_config(module.parse_args(argv))
+
+
+@pytest.mark.parametrize('extra,expected', [
+    ([], dict(options=dict(freezing=True))),  # inductor: the weights are constants
+    (['--cfg-options', 'compile.backend=aot_eager'], dict(backend='aot_eager')),
+    (['--cfg-options', 'compile.mode=max-autotune'], dict(mode='max-autotune')),  # no options
+])
+def test_test_tool_compile_defaults(extra, expected, tmp_path):
+    cfg = tool_config('tools/test.py', ['tests/data/configs/ddetr_shapes_tiny.py', 'x.pth',
+                                        '--work-dir', str(tmp_path), '--compile', *extra])
+    assert cfg.compile == expected
+
+
+def test_train_tool_compile_and_freezing(tmp_path):
+    config = 'tests/data/configs/ddetr_shapes_tiny.py'
+    cfg = tool_config('tools/train.py', [config, '--work-dir', str(tmp_path), '--compile'])
+    assert cfg.compile is True
+    cfg = tool_config('tools/train.py', [config, '--work-dir', str(tmp_path)])
+    assert 'compile' not in cfg
+    with pytest.raises(CompileConfigError, match=r'^config key compile.options.freezing: True '
+                       'makes the weights constants of the compiled graph, which training '
+                       'changes'):
+        tool_config('tools/train.py', [config, '--work-dir', str(tmp_path), '--compile',
+                                       '--cfg-options', 'compile.options.freezing=True'])

@@ -4,6 +4,7 @@
     python tools/analysis_tools/benchmark.py --mode op [--threads 2]
     python tools/analysis_tools/benchmark.py --mode na [--threads 2]
     python tools/analysis_tools/benchmark.py --backend onnxruntime [--sizes 800x1066]
+    python tools/analysis_tools/benchmark.py --compile [--config C] [--threads 2]
 
 Both models get the same weights (mmdet's random initialisation, converted), run
 the same inputs, and alternate: each repeat runs one then the other, swapping
@@ -23,7 +24,9 @@ PyTorch path instead, the path it takes on the CPU, and the table says so.
 kernel on the CPU) against mmcv's ``multi_scale_deformable_attn_pytorch``, which is
 what mmcv and mmdet run on the CPU: see ``benchmark_op.py``. ``--mode na`` times DAT++'s
 neighbourhood-attention block with our CPU kernels against the same block's PyTorch
-path (no library has one to compare with).
+path (no library has one to compare with). ``--compile`` times ``--config``'s model
+eagerly against ``torch.compile(model)`` (inductor, freezing), with the compile time and
+the largest output difference: see ``benchmark_compile.py``.
 
 Memory is measured before the timing, with glibc's malloc told to give every block
 over 256 KiB its own mapping, so that a run's peak resident set is its own and not
@@ -54,12 +57,15 @@ def parse_args(argv=None):
     p.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
                    help='onnxruntime: our model exported to ONNX, in onnxruntime, next to our '
                         'eager and compiled model and mmdet (benchmark_onnx.py)')
+    p.add_argument('--compile', action='store_true',
+                   help='--mode model: eager against torch.compile(model) (inductor, freezing) '
+                   'instead of against mmdet; see benchmark_compile.py')
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
     p.add_argument('--sizes', nargs='+', default=['512x512', '800x1066'],
                    help='inference sizes HxW (batch 1)')
-    p.add_argument('--train-sizes', nargs='+', default=['512x512'],
+    p.add_argument('--train-sizes', nargs='*', default=['512x512'],
                    help='training-step sizes HxW (batch 2)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=5)
@@ -109,6 +115,23 @@ def build_pair(args):
     return ours.to(args.device), ref.to(args.device)
 
 
+def build_ours(args):
+    """``--config``'s model alone, random weights (its own initialisation)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from mmdeform.registry import MODELS
+    from mmdeform.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(args.config)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdeform'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.to(args.device)
+
+
 def attention_paths(device: str) -> str:
     """Which deformable attention each model runs on ``device``."""
     from mmdeform.ops.ms_deform_attn import mmcv_cuda_op_available, resolve_backend
@@ -135,7 +158,7 @@ def make_inputs(model, size, batch, device, training):
         gt = InstanceData()
         xy = torch.rand(8, 2, generator=g) * torch.tensor([wi * 0.6, hi * 0.6])
         gt.bboxes = torch.cat([xy, xy + 16 + torch.rand(8, 2, generator=g) * 100], 1)
-        gt.labels = torch.randint(0, 80, (8, ), generator=g)
+        gt.labels = torch.randint(0, model.bbox_head.num_classes, (8, ), generator=g)
         sample.gt_instances = gt
         samples.append(sample)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training)
@@ -198,10 +221,10 @@ def timed(fn: Callable[[], None], device: str) -> Tuple[float, Dict[str, float]]
     return elapsed, mem
 
 
-def inference_fn(model, inputs, samples):
+def inference_fn(model, inputs, samples, mode='predict'):
     def run():
         with torch.no_grad():
-            model(inputs, samples, mode='predict')
+            model(inputs, samples, mode=mode)
     return run
 
 
@@ -277,6 +300,7 @@ def _time_case(case: Case, args) -> dict:
         for key in (order if r % 2 == 0 else order[::-1]):
             times[key].append(timed(case.fns[key], args.device)[0])
     row = {f'{key}_s': statistics.median(times[key]) for key in order}
+    row.update({f'{key}_best_s': min(times[key]) for key in order})
     row['ratio'] = row[f'{order[0]}_s'] / row[f'{order[1]}_s']
     return row
 
@@ -313,9 +337,10 @@ def main(argv=None):
         from benchmark_onnx import run_onnx_benchmark
         return run_onnx_benchmark(args, build_pair, make_inputs, timed,
                                   set_malloc_mmap_threshold)
+    if args.compile:
+        return compile_main(args)
     ours, ref = build_pair(args)
-    device_name = (torch.cuda.get_device_name() if args.device.startswith('cuda') else
-                   f'CPU ({os.cpu_count()} cores)')
+    device_name = _device_name(args)
 
     def evaluating():
         for model in (ours, ref):
@@ -344,6 +369,23 @@ def main(argv=None):
         with open(args.out, 'w') as f:
             f.write(table + '\n')
     return rows
+
+
+def compile_main(args):
+    from benchmark_compile import format_compile_table, run_compile_benchmark
+    rows = run_compile_benchmark(args, run_cases, Case, build_ours, make_inputs, inference_fn,
+                                 train_fn, disable_dropout)
+    table = format_compile_table(rows, args, _device_name(args))
+    print('\n' + table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table + '\n')
+    return rows
+
+
+def _device_name(args) -> str:
+    return (torch.cuda.get_device_name() if args.device.startswith('cuda') else
+            f'CPU ({os.cpu_count()} cores)')
 
 
 if __name__ == '__main__':

@@ -43,6 +43,7 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.data_preprocessor.register_forward_hook(mark_image_sizes_dynamic)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
         self.num_queries = num_queries
@@ -124,6 +125,29 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
                              'their img_shape and batch_input_shape give the padding masks')
         head_inputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
         return self.bbox_head(head_inputs)
+
+
+def mark_image_sizes_dynamic(data_preprocessor, args, data) -> None:
+    """Forward hook of the data preprocessor: the height and width of the batch it returns
+    are symbolic to ``torch.compile`` from the first compilation of the detector on.
+
+    Image sizes vary from batch to batch, so they would become symbolic at the second
+    compilation anyway (dynamo's automatic dynamic shapes); marking them now saves that
+    compilation. On the CPU it also decides how inductor runs the Linear layers of a
+    frozen inference graph: with a static number of tokens it calls MKL's packed GEMM, with
+    a symbolic one oneDNN's, which on AVX-512 CPUs that MKL does not tune for (AMD's) ran
+    the transformer 1.7x faster (docs/deployment.md). A hint (``maybe_mark_dynamic``): a
+    size that the graph needs static stays static.
+    """
+    inputs = data.get('inputs') if isinstance(data, dict) else None
+    if isinstance(inputs, torch.Tensor) and inputs.dim() == 4 and not _compiling():
+        torch._dynamo.maybe_mark_dynamic(inputs, 2)
+        torch._dynamo.maybe_mark_dynamic(inputs, 3)
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)  # torch>=2.3
+    return bool(is_compiling and is_compiling())
 
 
 def padding_masks(batch_data_samples: SampleList,
