@@ -13,6 +13,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as MMEngineRunner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+from mmengine.visualization import Visualizer
 
 from mmdeform.registry import RUNNERS
 from mmdeform.utils.checkpoint import (CheckpointMismatchError, check_family, checkpoint_mismatch,
@@ -89,6 +90,10 @@ class Runner(MMEngineRunner):
       second the run started, and would hand the second run the first one's
       (the logger's handlers and log file; a stream handler whose stream has
       since been closed then prints "--- Logging error ---" tracebacks).
+    * A second Runner in the same process gets its own visualizer: the configs name it
+      ``'visualizer'`` and mmengine's registry hands back an existing instance of that
+      name, whose backends write the second run's scalars (``vis_data``) into the first
+      run's directory.
     """
 
     def build_logger(self, log_level='INFO', log_file=None, **kwargs):
@@ -98,6 +103,14 @@ class Runner(MMEngineRunner):
                 n += 1
                 self._experiment_name = f'{base}_{n}'
         return super().build_logger(log_level, log_file, **kwargs)
+
+    def build_visualizer(self, visualizer=None):
+        if isinstance(visualizer, dict) and 'name' in visualizer:
+            base, n = visualizer['name'], 1
+            while Visualizer.check_instance_created(visualizer['name']):
+                n += 1
+                visualizer = dict(visualizer, name=f'{base}_{n}')
+        return super().build_visualizer(visualizer)
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
