@@ -151,6 +151,32 @@ def test_plot_curve_axes(epoch_log, train_log):
     assert tool.series(log, 'coco/bbox_mAP', train_log) == ([2], [0.0], 'iter')
 
 
+def test_plot_curve_time_axis(epoch_log, tmp_path):
+    """--x-axis time: minutes of logged iteration time. The fixture logs every
+    iteration (10, 1, 2, 3 s): 10, 11, 13, 16 s; each validation sits at the last
+    training line before it. A log every 5 iterations (2 s, then 4 s per iteration)
+    counts each window's iterations: 10 s, then 30 s."""
+    tool = load_tool(ANALYZE_LOGS)
+    log = tool.load_log(epoch_log)
+    xs, ys, label = tool.series(log, 'loss', epoch_log, 'time')
+    assert xs == pytest.approx([10 / 60, 11 / 60, 13 / 60, 16 / 60]) and label.endswith('(min)')
+    assert tool.series(log, 'coco/bbox_mAP', epoch_log, 'time')[0] == pytest.approx(
+        [11 / 60, 16 / 60])
+    path = tmp_path / 'windows.json'
+    path.write_text('\n'.join(json.dumps(x) for x in (
+        dict(loss=2.0, time=2.0, iter=5, step=5, epoch=1),
+        dict(loss=1.0, time=4.0, iter=10, step=10, epoch=1),
+        {'coco/bbox_mAP': 0.3, 'step': 1})) + '\n')
+    log = tool.load_log(str(path))
+    assert tool.series(log, 'loss', str(path), 'time')[0] == pytest.approx([10 / 60, 30 / 60])
+    assert tool.series(log, 'coco/bbox_mAP', str(path), 'time')[0] == pytest.approx([0.5])
+    out = tmp_path / 'time.png'
+    run_tool([PYTHON, ANALYZE_LOGS, 'plot_curve', epoch_log, '--keys', 'coco/bbox_mAP',
+              '--x-axis', 'time', '--out', str(out)])
+    with Image.open(out) as image:
+        assert image.size == (800, 300)
+
+
 def test_plot_curve_missing_key_lists_available(train_log, tmp_path):
     proc = run_tool([PYTHON, ANALYZE_LOGS, 'plot_curve', train_log, '--keys', 'loss',
                      'coco/segm_mAP', '--out', str(tmp_path / 'x.png')], check=False)

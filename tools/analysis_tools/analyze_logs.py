@@ -1,7 +1,7 @@
 """Curves and timing from mmengine's JSON scalar logs.
 
     python tools/analysis_tools/analyze_logs.py plot_curve LOG_JSON [LOG_JSON ...] \\
-        --keys loss coco/bbox_mAP [--legend A B] [--out curve.png] [--title T]
+        --keys loss coco/bbox_mAP [--legend A B] [--out curve.png] [--title T] [--x-axis time]
     python tools/analysis_tools/analyze_logs.py cal_train_time LOG_JSON [...] [--include-outliers]
 
 A log is ``<work_dir>/<timestamp>/vis_data/<timestamp>.json`` (or ``scalars.json``
@@ -17,6 +17,12 @@ the epoch in epoch-based runs (training lines with ``epoch``), else the
 iteration: ``step`` where it is non-zero, otherwise the iteration of the last
 training line logged before the validation (exact when validation falls on a
 logging interval). A key found in the training lines is plotted from them.
+``--x-axis time`` puts the training time in minutes on x instead, for comparing
+models of different iteration costs: the sum of the logged iteration times (each
+line's ``time``, the mean over its logging window, times the iterations in that
+window), up to the line or, for a validation line, up to the last training line
+before it (mmengine logs the last iteration of each epoch). Validation time is not
+counted.
 The figure is ``FIG_WIDTH`` x ``SUBPLOT_HEIGHT * len(keys)`` inches at ``DPI``:
 800 px wide, 300 px per key.
 
@@ -79,13 +85,30 @@ def keys_of(records: List[dict]) -> List[str]:
                    if k not in skip and not k.startswith('_') and isinstance(v, (int, float))})
 
 
-def series(log: Dict[str, List[dict]], key: str, path: str):
+def training_minutes(log: Dict[str, List[dict]], path: str) -> Dict[int, float]:
+    """``{iter: minutes of training up to it}`` for every training line."""
+    minutes, total, last = {}, 0.0, 0
+    for r in log['train']:
+        if 'time' not in r:
+            raise LogError(f'{path}: training line at iter {r["iter"]} has no "time"; '
+                           '--x-axis time needs the logged iteration times')
+        total += r['time'] * (r['iter'] - last) / 60.0
+        minutes[r['iter']], last = total, r['iter']
+    return minutes
+
+
+def series(log: Dict[str, List[dict]], key: str, path: str, x_axis: str = 'step'):
     """``(xs, ys, x_label)`` of ``key``; training lines first, then validation."""
     for split in ('train', 'val'):
         records = [r for r in log[split] if key in r]
         if not records:
             continue
-        if split == 'train':
+        if x_axis == 'time':
+            minutes = training_minutes(log, path)
+            xs = [minutes.get(r['iter'] if split == 'train' else r['_after_iter'], 0.0)
+                  for r in records]
+            label = 'training time (min)'
+        elif split == 'train':
             xs = [r.get('iter', r['step']) for r in records]
             label = 'iter'
         elif any('epoch' in r for r in log['train']):
@@ -121,7 +144,7 @@ def plot_curve(args) -> str:
     if len(legend) != len(args.json_logs):
         raise LogError(f'--legend has {len(legend)} names for {len(args.json_logs)} logs')
     # look every key up before drawing, so a typo fails before any work
-    curves = [[series(log, key, path) for log, path in zip(logs, args.json_logs)]
+    curves = [[series(log, key, path, args.x_axis) for log, path in zip(logs, args.json_logs)]
               for key in args.keys]
     fig, axes = plt.subplots(len(args.keys), 1, squeeze=False,
                              figsize=(FIG_WIDTH, SUBPLOT_HEIGHT * len(args.keys)), dpi=DPI)
@@ -171,6 +194,8 @@ def parse_args(argv=None):
     plot.add_argument('--legend', nargs='+', help='one name per log (default: its work dir)')
     plot.add_argument('--title', help='figure title')
     plot.add_argument('--out', default='curve.png', help='output PNG (default curve.png)')
+    plot.add_argument('--x-axis', choices=['step', 'time'], default='step',
+                      help='x: iterations / epochs (step, default) or training time in minutes')
     timing = sub.add_parser('cal_train_time', help='mean training iteration time')
     timing.add_argument('json_logs', nargs='+', help='vis_data/<timestamp>.json files')
     timing.add_argument('--include-outliers', action='store_true',
