@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
-    p.add_argument('--sizes', nargs='+', default=['512x512', '800x1066'],
+    p.add_argument('--sizes', nargs='*', default=['512x512', '800x1066'],
                    help='inference sizes HxW (batch 1)')
     p.add_argument('--train-sizes', nargs='*', default=['512x512'],
                    help='training-step sizes HxW (batch 2)')
