@@ -60,10 +60,13 @@ def parse_args(argv=None):
     p.add_argument('--compile', action='store_true',
                    help='--mode model: eager against torch.compile(model) (inductor, freezing) '
                    'instead of against mmdet; see benchmark_compile.py')
+    p.add_argument('--check-float64', action='store_true',
+                   help='--compile: also compare eager and compiled inference in float64 '
+                   '(a float64 copy, compiled again)')
     p.add_argument('--config', default=DEFAULT_PAIR[0], help='mmdeform config')
     p.add_argument('--mmdet-config', default=DEFAULT_PAIR[1],
                    help="mmdet config, relative to mmdet's packaged configs or a path")
-    p.add_argument('--sizes', nargs='+', default=['512x512', '800x1066'],
+    p.add_argument('--sizes', nargs='*', default=['512x512', '800x1066'],
                    help='inference sizes HxW (batch 1)')
     p.add_argument('--train-sizes', nargs='*', default=['512x512'],
                    help='training-step sizes HxW (batch 2)')

@@ -28,6 +28,9 @@ weights the largest gradient difference is in a sampling-offset Linear: its init
 offsets put the sampling points exactly on cell centres, where bilinear interpolation
 has a kink, so that the float32 rounding of a location decides which side's slope its
 gradient takes; eager float32 differs from eager float64 there as much (docs/deployment.md).
+``--check-float64`` repeats each inference comparison with a float64 copy of the model
+(compiled again: minutes more), where float32's rounding, and the rank swaps of near-tied
+two-stage proposals it causes, no longer hide what the compiled graph computes.
 """
 import time
 from typing import Dict, Tuple
@@ -50,15 +53,69 @@ def _worst_gradient(a: Dict, b: Dict) -> str:
     return max(a, key=lambda k: (a[k].double() - b[k].double()).abs().max().item())
 
 
-def _compile_inference(model, compiled, inputs, samples) -> Tuple[float, float]:
-    """Compile time of the first compiled call and the largest output difference."""
+def _query_diffs(eager, out) -> Tuple[torch.Tensor, float]:
+    """``(B, Q)``: the largest difference of each decoder query's outputs (the fields that
+    end in ``(B, Q, channels)``), and the largest difference of the other fields (two-stage
+    Deformable DETR's encoder outputs, ``(B, N, channels)``)."""
+    queries = eager.all_cls_scores.shape[-2]
+    per_query, other = [], 0.0
+    for a, b in zip(eager, out):
+        if a is None:
+            continue
+        diff = (a - b).abs()
+        if a.shape[-2] == queries:
+            per_query.append(diff.flatten(0, -4).amax((0, -1)) if a.dim() > 3 else diff.amax(-1))
+        else:
+            other = max(other, diff.max().item())
+    return torch.stack(per_query).amax(0), other
+
+
+def _describe_inference_diff(eager, out, tol: float = 1e-4) -> str:
+    """The largest output difference; where some queries differ by more than ``tol``, how
+    many, and how closely the selected proposals' scores agree. Two-stage models pick
+    their queries by the top-k of the encoder's proposal scores, and DINO pairs the k-th
+    proposal with the k-th content query: two proposals whose scores are within float32
+    rounding of each other can swap ranks, and the queries they seed then differ as
+    wholes (and, through the decoder's self-attention, the others a little)."""
+    per_query, other = _query_diffs(eager, out)
+    text = f'{max(per_query.max().item(), other):.1e}'
+    far = per_query > tol
+    if far.any():
+        text += f' ({int(far.sum())} of {per_query.numel()} queries > {tol:.0e}'
+        scores = _sorted_score_diff(eager, out)
+        if scores is not None:
+            text += f"; the selected proposals' scores, sorted, agree to {scores:.1e}"
+        text += ')'
+    return text
+
+
+def _sorted_score_diff(eager, out):
+    """How closely the selected proposals' best scores, sorted, agree (None without)."""
+    a, b = getattr(eager, 'enc_cls_scores', None), getattr(out, 'enc_cls_scores', None)
+    if a is None or b is None or a.shape[-2] != eager.all_cls_scores.shape[-2]:
+        return None
+    a, b = (x.max(-1).values.sort(-1).values for x in (a, b))
+    return (a - b).abs().max().item()
+
+
+def _compile_inference(model, compiled, inputs, samples) -> Tuple[float, str]:
+    """Compile time of the first compiled call and the output difference."""
     model.eval()
     with torch.no_grad():
         eager = model(inputs, samples, mode='tensor')
         start = time.perf_counter()
         out = compiled(inputs, samples, mode='tensor')
         seconds = time.perf_counter() - start
-    return seconds, _max_abs_diff(eager, out)
+    return seconds, _describe_inference_diff(eager, out)
+
+
+def _float64_inference_diff(model, inputs, samples) -> str:
+    """The same comparison with a float64 copy of the model, compiled afresh: float32's
+    rounding differences, and the rank swaps of near-tied proposals they cause, vanish,
+    so what is left is any difference in what the compiled graph computes."""
+    import copy
+    model64 = copy.deepcopy(model).double().eval()
+    return _compile_inference(model64, torch.compile(model64), inputs.double(), samples)[1]
 
 
 def _losses_and_grads(fn, model, inputs, samples) -> Tuple[Dict, Dict]:
@@ -106,9 +163,13 @@ def run_compile_benchmark(args, run_cases, Case, build_model, make_inputs, infer
         size = tuple(int(x) for x in text.lower().split('x'))
         inputs, samples = make_inputs(model, size, 1, args.device, training=False)
         seconds, diff = _compile_inference(model, compiled, inputs, samples)
-        print(f'inference b1 {text}: compiled in {seconds:.1f} s, max abs diff {diff:.1e}',
+        print(f'inference b1 {text}: compiled in {seconds:.1f} s, max abs diff {diff}',
               flush=True)
-        notes.append(dict(compile_s=seconds, diff=f'{diff:.1e}'))
+        if getattr(args, 'check_float64', False):
+            diff64 = _float64_inference_diff(model, inputs, samples)
+            print(f'inference b1 {text}, float64: max abs diff {diff64}', flush=True)
+            diff = f'{diff}; float64: {diff64}'
+        notes.append(dict(compile_s=seconds, diff=diff))
         cases.append(Case(f'inference b1 {text}', dict(
             eager=_tensor_mode(inference_fn, model, inputs, samples),
             compiled=_tensor_mode(inference_fn, compiled, inputs, samples)), evaluating))
