@@ -18,12 +18,23 @@ from torch import nn
 V2_R50 = 'configs/rtdetr/rtdetrv2_r50vd_6x_coco.py'
 
 
-def test_ema_hook_gives_the_official_decay_ramp():
+def _ema_hook(path):
+    cfg = Config.fromfile(path)
+    hooks = [h for h in cfg.custom_hooks if h.get('type') == 'EMAHook']
+    assert len(hooks) == 1, cfg.custom_hooks
+    return hooks[0]
+
+
+@pytest.mark.parametrize('path,top,gamma', [
+    (V2_R50, 0.9999, 2000),
+    # the CPU demo: the same form, scaled to a run of 2,250 iterations
+    ('configs/shapes/rtdetr_shapes.py', 0.999, 200)])
+def test_ema_hook_gives_the_official_decay_ramp(path, top, gamma):
     """Official: at update n (from 1), ema = d_n ema + (1 - d_n) model with
     d_n = 0.9999 (1 - exp(-n / 2000)), on every float parameter and buffer. mmdet's
     ExpMomentumEMA as configured: the same from its second update on (its first copies)."""
     from mmdet.models.layers import ExpMomentumEMA
-    hook = Config.fromfile(V2_R50).ema_hook
+    hook = _ema_hook(path)
     assert hook.ema_type == 'ExpMomentumEMA' and hook.update_buffers
     model = nn.BatchNorm1d(3)
     ema = ExpMomentumEMA(model, momentum=hook.momentum, gamma=hook.gamma,
@@ -39,7 +50,7 @@ def test_ema_hook_gives_the_official_decay_ramp():
         if expected is None:
             expected = state.clone()
         else:
-            d = 0.9999 * (1 - math.exp(-n / 2000))
+            d = top * (1 - math.exp(-n / gamma))
             expected = d * expected + (1 - d) * state
         got = torch.stack([ema.module.weight, ema.module.running_mean])
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
