@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_batch, preprocess
+from helpers import make_batch, preprocess, randomise_bn
 from mmdet_reference import build_ours
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -223,20 +223,9 @@ def test_position_embedding_square_map_first_half_is_the_row():
     torch.testing.assert_close(emb, torch.stack([ys.sin(), ys.cos(), xs.sin(), xs.cos()], 1).float())
 
 
-def _randomise_bn(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g))
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(n, generator=g))
-            m.bias.data.copy_(torch.randn(n, generator=g))
-
-
 def test_repvgg_fusion_equals_the_two_branches():
     block = RepVGGBlock(6).eval()
-    _randomise_bn(block)
+    randomise_bn(block)
     x = torch.randn(2, 6, 7, 5)
     with torch.no_grad():
         expected = F.silu(block.conv1.bn(block.conv1.conv(x)) + block.conv2.bn(block.conv2.conv(x)))
@@ -252,7 +241,7 @@ def test_hybrid_encoder_deploy_equals_unfused():
     torch.manual_seed(0)
     encoder = HybridEncoder(in_channels=[16, 24, 32], hidden_dim=32, num_heads=4,
                             feedforward_channels=64, expansion=0.5).eval()
-    _randomise_bn(encoder)
+    randomise_bn(encoder)
     encoder.double()
     feats = [torch.randn(1, c, s, s, dtype=torch.float64) for c, s in ((16, 16), (24, 8), (32, 4))]
     with torch.no_grad():
