@@ -206,6 +206,54 @@ def test_anchors_and_valid_mask_worked_case(r18):
     assert invalid.tolist() == [True] + [False] * 49 + [True]
 
 
+def _hand_anchors(level_shapes):
+    """Loops: cell ``(y, x)`` of level ``l`` (``h x w``) is ``((x + .5) / w, (y + .5) / h,
+    .05 * 2^l, .05 * 2^l)``; its logit, or None when a value is outside (0.01, 0.99)."""
+    out = []
+    for lvl, (h, w) in enumerate(level_shapes):
+        for y in range(h):
+            for x in range(w):
+                box = ((x + .5) / w, (y + .5) / h, .05 * 2**lvl, .05 * 2**lvl)
+                out.append([math.log(v / (1 - v)) for v in box]
+                           if all(.01 < v < .99 for v in box) else None)
+    return out
+
+
+@pytest.mark.parametrize('size,levels,invalid', [
+    ((96, 160), [(12, 20), (6, 10), (3, 5)], 0),
+    ((128, 224), [(16, 28), (8, 14), (4, 7)], 0),
+    # level 0 is 52 wide: its first and last columns (0.5 / 52 < 0.01) are invalid
+    ((96, 416), [(12, 52), (6, 26), (3, 13)], 24)])
+def test_anchors_and_valid_mask_at_non_640_inputs(r18, size, levels, invalid):
+    """The anchors of a forward pass at inputs other than 640 x 640, against loops: the
+    model makes them from the level shapes of each input (no cache; the official model
+    caches 640's 8,400 in evaluation), zeroes the memory of the invalid ones."""
+    model = copy.deepcopy(r18).eval()
+    seen = []
+    proposals = model.encoder_proposals
+
+    def spy(*args):
+        out = proposals(*args)
+        seen.append(out)
+        return out
+
+    model.encoder_proposals = spy
+    inputs, samples = preprocess(model, *make_batch(sizes=(size, )))
+    with torch.no_grad():
+        model.predict(inputs, samples)
+        out_memory, anchors = seen[-1]
+        expected = _hand_anchors(levels)
+        assert anchors.shape == (1, len(expected), 4)
+        is_invalid = torch.tensor([e is None for e in expected])
+        assert int(is_invalid.sum()) == invalid
+        assert torch.isinf(anchors[0, is_invalid]).all()
+        torch.testing.assert_close(anchors[0, ~is_invalid],
+                                   torch.tensor([e for e in expected if e is not None]),
+                                   rtol=0, atol=1e-5)
+        zero = model.memory_trans_norm(model.memory_trans_fc(torch.zeros(256)))
+        torch.testing.assert_close(out_memory[0, is_invalid], zero.expand(invalid, -1))
+
+
 # ------------------------------------------------------------------------- parts
 def test_position_embedding_hand_worked_2x3():
     """dims 8: frequencies 1 and 1/100; cell k of the row-major 2 x 3 map gets
