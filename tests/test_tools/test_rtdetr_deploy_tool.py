@@ -67,3 +67,16 @@ def test_deploy_without_switch_to_deploy_names_the_model(rtdetr_checkpoint, caps
                                         '--deploy', '--cfg-options', *options], capsys)
     assert line.endswith('--deploy: DINO has no switch_to_deploy() (RTDETR has one); run '
                          'without --deploy'), line
+
+
+def test_pytorch2onnx_exports_the_checkpoint_fused(rtdetr_checkpoint, tmp_path):
+    import onnx
+    checkpoint, _ = rtdetr_checkpoint
+    out = tmp_path / 'rtdetr.onnx'
+    # a new interpreter: torch.export logs through handlers a forked test process closed
+    proc = run_tool([PYTHON, 'tools/deployment/pytorch2onnx.py', CONFIG, checkpoint, '--out',
+                     str(out), '--dynamic'], fresh=True)
+    assert re.search(r'Exported RTDETR to .* fused first \(12 RepVGG blocks, \d+ BatchNorm '
+                     r'layers folded\)', proc.stdout), proc.stdout
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert 'BatchNormalization' not in ops and 'GridSample' in ops
