@@ -5,5 +5,5 @@ from .finite_loss_hook import FiniteLossHook, NonFiniteLossError
 from .progress_bar_hook import EvalProgressBarHook
 from .rng_state_hook import RNGStateHook
 
-__all__ = ['BatchAugmentSwitchHook', 'CheckpointHook', 'DeployHook', 'EvalProgressBarHook', 'FiniteLossHook', 'NonFiniteLossError',
-           'RNGStateHook']
+__all__ = ['BatchAugmentSwitchHook', 'CheckpointHook', 'DeployHook', 'EvalProgressBarHook',
+           'FiniteLossHook', 'NonFiniteLossError', 'RNGStateHook']
