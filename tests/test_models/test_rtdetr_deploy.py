@@ -96,3 +96,13 @@ def test_deployed_float32_within_1e4(r18_frozen_stem):
         out = model(inputs, samples, mode='tensor')
     torch.testing.assert_close(out.all_cls_scores, ref.all_cls_scores, rtol=0, atol=1e-4)
     torch.testing.assert_close(out.all_bbox_preds, ref.all_bbox_preds, rtol=0, atol=1e-4)
+
+
+def test_a_norm_not_right_after_its_conv_is_refused(r18_frozen_stem):
+    """mmcv's fuse_conv_bn pairs a BN with the conv registered before it, whatever the
+    ConvModule's order: an order with the activation in between is refused by name."""
+    model = copy.deepcopy(r18_frozen_stem)
+    model.neck[0].lateral_convs[0].order = ('conv', 'act', 'norm')
+    with pytest.raises(ValueError, match=r"neck\.0\.lateral_convs\.0 has order \('conv', 'act', "
+                       r"'norm'\); only a norm right after the conv can be folded"):
+        model.switch_to_deploy()
