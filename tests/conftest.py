@@ -63,7 +63,8 @@ def tiny_checkpoint(shapes_root, tmp_path_factory):
 # under -n 2 --dist loadfile one worker starts on them while the other takes the rest,
 # instead of one of them running alone at the end.
 LONGEST_FIRST = ('test_kill_resume.py', 'test_dist_equivalence.py', 'test_dist_train.py',
-                 'test_numerics.py', 'test_onnx_ddetr.py', 'test_onnx_dino.py')
+                 'test_numerics.py', 'test_onnx_ddetr.py', 'test_onnx_dino.py',
+                 'test_onnx_rtdetr.py')
 
 
 def pytest_collection_modifyitems(items):

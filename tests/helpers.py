@@ -71,6 +71,21 @@ def preprocess(model, images, samples, training=False):
     return data['inputs'], data['data_samples']
 
 
+def randomise_bn(module, seed=0):
+    """Random running statistics and affine values in every BatchNorm of ``module``, so
+    that folding them into a conv changes the weights (frozen BN included)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, _BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g))
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(n, generator=g))
+                m.bias.copy_(torch.randn(n, generator=g))
+
+
 def disable_dropout(model):
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):

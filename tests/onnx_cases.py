@@ -45,6 +45,11 @@ CASES = {
                                                         fallback_on_stride=False),
                                      stage_with_dcn=(False, False, False, True)),
                        neck=dict(in_channels=[256, 512]))),
+    # RT-DETRv2-R18 (the hybrid encoder's RepVGG blocks and conv+BN pairs), exported as
+    # trained and fused (switch_to_deploy), and v2's 'discrete' sampling
+    'rtdetr': (TINY + 'rtdetr_shapes_tiny.py', {}),
+    'rtdetr_discrete': (TINY + 'rtdetr_shapes_tiny.py',
+                        dict(decoder=dict(cross_attn_cfg=dict(sampling='discrete')))),
 }
 
 
@@ -97,18 +102,22 @@ def check_against_onnxruntime(model, path, sizes=CHECK_SIZES, seed=1):
     return worst
 
 
-def assert_exports_and_matches(name, folder, opset=18):
+def assert_exports_and_matches(name, folder, opset=18, deploy=True):
     """Export case ``name`` to ``folder``; standard operators only; dynamic B, H, W;
-    onnxruntime's detections equal PyTorch's at every CHECK_SIZES entry."""
+    onnxruntime's detections equal PyTorch's at every CHECK_SIZES entry. PyTorch's are
+    the model as built, also when the export fuses it (``deploy``, RT-DETR)."""
+    import copy
+
     import onnx
 
     from mmdeform.deployment import custom_domains, export_onnx
     model, _ = build_case(name)
+    reference = copy.deepcopy(model)
     path = str(folder / f'{name}.onnx')
-    summary = export_onnx(model, path, shape=EXPORT_SIZE, opset=opset)
+    summary = export_onnx(model, path, shape=EXPORT_SIZE, opset=opset, deploy=deploy)
     proto = onnx.load(path)
     assert custom_domains(proto) == [] and {n.domain for n in proto.graph.node} <= {'', 'ai.onnx'}
     assert summary['input_dims'] == dict(B='batch', C=3, H='height', W='width')
-    worst = check_against_onnxruntime(model, path)
+    worst = check_against_onnxruntime(reference, path)
     assert worst['scores'] <= 1e-4 and worst['boxes'] <= 1e-3, worst
     return summary

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--show-dir DIR] ...``.
 
 Prints the COCO metrics of the config's test evaluator. ``--show-dir`` writes
-a PNG per image with the ground truth and the predictions.
+a PNG per image with the ground truth and the predictions. ``--deploy`` fuses the
+model after loading the checkpoint (:class:`~mmdeform.engine.hooks.DeployHook`).
 """
 import argparse
 import os
@@ -30,6 +31,10 @@ def parse_args(argv=None):
                         help='torch.compile the detector\'s forward (cfg.compile, as in '
                              'mmengine; by default inductor with freezing), e.g. with '
                              '--cfg-options compile.backend=aot_eager; docs/deployment.md')
+    parser.add_argument('--deploy', action='store_true',
+                        help='fuse the model for inference after loading the checkpoint '
+                             '(switch_to_deploy: RT-DETR\'s RepVGG blocks and conv+BN pairs); '
+                             'the log says what was fused')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -69,6 +74,13 @@ def build_config(args) -> Config:
         cfg.test_evaluator = [cfg.test_evaluator] if isinstance(cfg.test_evaluator, dict) \
             else list(cfg.test_evaluator)
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
+    if args.deploy:
+        # the checkpoint's state_dict holds the EMA weights, which testing loads into the
+        # model and the EMA copy alike: without the hook nothing changes, and its swaps
+        # would meet the fused model's other parameters (DeployHook)
+        cfg.custom_hooks = [h for h in cfg.get('custom_hooks', [])
+                            if not str(h.get('type', '')).endswith('EMAHook')]
+        cfg.custom_hooks.append(dict(type='DeployHook'))
     options = compile_options(cfg.get('compile'))  # a wrong value is a one-line error now
     if args.compile:
         options = options or {}

@@ -154,8 +154,13 @@ def _name_dims(model_proto) -> None:
 def export_onnx(model: nn.Module, out: str, shape: Sequence[int] = (800, 1066),
                 batch: Optional[int] = None,
                 opset: int = DEFAULT_OPSET, dynamic: bool = True,
-                metadata: Optional[Dict[str, object]] = None, verbose: bool = False) -> Dict:
+                metadata: Optional[Dict[str, object]] = None, verbose: bool = False,
+                deploy: bool = True) -> Dict:
     """Write ``model`` (a DETR-family detector) to ``out`` as ONNX.
+
+    A model with ``switch_to_deploy()`` (RT-DETR) is fused first when ``deploy``
+    (in place: ``model`` is eval-only afterwards); the summary's ``deployed`` says what
+    was fused, or None.
 
     Args:
         shape: ``(H, W)`` of the example input the graph is traced with.
@@ -178,6 +183,9 @@ def export_onnx(model: nn.Module, out: str, shape: Sequence[int] = (800, 1066),
     if not REGISTERED:
         raise ExportError('ONNX export needs torch.ops.mmdeform.* (torch>=2.4 and the C++ '
                           f'extension built); torch {torch.__version__}')
+    deployed = None
+    if deploy and callable(getattr(model, 'switch_to_deploy', None)):
+        deployed = model.switch_to_deploy()
     wrapper = ExportWrapper(model.eval()).eval()
     batch = batch or (2 if dynamic else 1)
     images = torch.randn(batch, 3, *shape, device=next(model.parameters()).device)
@@ -207,7 +215,7 @@ def export_onnx(model: nn.Module, out: str, shape: Sequence[int] = (800, 1066),
         raise ExportError(f'the ONNX graph uses non-standard operator domains {domains}')
     onnx.save(proto, out)
     onnx.checker.check_model(out, full_check=True)
-    return dict(opset=opset, input_dims=dims,
+    return dict(opset=opset, input_dims=dims, deployed=deployed,
                 op_types=sorted({n.op_type for n in proto.graph.node}))
 
 

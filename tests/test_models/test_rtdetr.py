@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_batch, preprocess
+from helpers import make_batch, preprocess, randomise_bn
 from mmdet_reference import build_ours
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -206,6 +206,54 @@ def test_anchors_and_valid_mask_worked_case(r18):
     assert invalid.tolist() == [True] + [False] * 49 + [True]
 
 
+def _hand_anchors(level_shapes):
+    """Loops: cell ``(y, x)`` of level ``l`` (``h x w``) is ``((x + .5) / w, (y + .5) / h,
+    .05 * 2^l, .05 * 2^l)``; its logit, or None when a value is outside (0.01, 0.99)."""
+    out = []
+    for lvl, (h, w) in enumerate(level_shapes):
+        for y in range(h):
+            for x in range(w):
+                box = ((x + .5) / w, (y + .5) / h, .05 * 2**lvl, .05 * 2**lvl)
+                out.append([math.log(v / (1 - v)) for v in box]
+                           if all(.01 < v < .99 for v in box) else None)
+    return out
+
+
+@pytest.mark.parametrize('size,levels,invalid', [
+    ((96, 160), [(12, 20), (6, 10), (3, 5)], 0),
+    ((128, 224), [(16, 28), (8, 14), (4, 7)], 0),
+    # level 0 is 52 wide: its first and last columns (0.5 / 52 < 0.01) are invalid
+    ((96, 416), [(12, 52), (6, 26), (3, 13)], 24)])
+def test_anchors_and_valid_mask_at_non_640_inputs(r18, size, levels, invalid):
+    """The anchors of a forward pass at inputs other than 640 x 640, against loops: the
+    model makes them from the level shapes of each input (no cache; the official model
+    caches 640's 8,400 in evaluation), zeroes the memory of the invalid ones."""
+    model = copy.deepcopy(r18).eval()
+    seen = []
+    proposals = model.encoder_proposals
+
+    def spy(*args):
+        out = proposals(*args)
+        seen.append(out)
+        return out
+
+    model.encoder_proposals = spy
+    inputs, samples = preprocess(model, *make_batch(sizes=(size, )))
+    with torch.no_grad():
+        model.predict(inputs, samples)
+        out_memory, anchors = seen[-1]
+        expected = _hand_anchors(levels)
+        assert anchors.shape == (1, len(expected), 4)
+        is_invalid = torch.tensor([e is None for e in expected])
+        assert int(is_invalid.sum()) == invalid
+        assert torch.isinf(anchors[0, is_invalid]).all()
+        torch.testing.assert_close(anchors[0, ~is_invalid],
+                                   torch.tensor([e for e in expected if e is not None]),
+                                   rtol=0, atol=1e-5)
+        zero = model.memory_trans_norm(model.memory_trans_fc(torch.zeros(256)))
+        torch.testing.assert_close(out_memory[0, is_invalid], zero.expand(invalid, -1))
+
+
 # ------------------------------------------------------------------------- parts
 def test_position_embedding_hand_worked_2x3():
     """dims 8: frequencies 1 and 1/100; cell k of the row-major 2 x 3 map gets
@@ -223,20 +271,9 @@ def test_position_embedding_square_map_first_half_is_the_row():
     torch.testing.assert_close(emb, torch.stack([ys.sin(), ys.cos(), xs.sin(), xs.cos()], 1).float())
 
 
-def _randomise_bn(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g))
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(n, generator=g))
-            m.bias.data.copy_(torch.randn(n, generator=g))
-
-
 def test_repvgg_fusion_equals_the_two_branches():
     block = RepVGGBlock(6).eval()
-    _randomise_bn(block)
+    randomise_bn(block)
     x = torch.randn(2, 6, 7, 5)
     with torch.no_grad():
         expected = F.silu(block.conv1.bn(block.conv1.conv(x)) + block.conv2.bn(block.conv2.conv(x)))
@@ -252,7 +289,7 @@ def test_hybrid_encoder_deploy_equals_unfused():
     torch.manual_seed(0)
     encoder = HybridEncoder(in_channels=[16, 24, 32], hidden_dim=32, num_heads=4,
                             feedforward_channels=64, expansion=0.5).eval()
-    _randomise_bn(encoder)
+    randomise_bn(encoder)
     encoder.double()
     feats = [torch.randn(1, c, s, s, dtype=torch.float64) for c, s in ((16, 16), (24, 8), (32, 4))]
     with torch.no_grad():

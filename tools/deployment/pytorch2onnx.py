@@ -1,13 +1,16 @@
 """Export a trained detector to ONNX: standard operators only, any input size.
 
     python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out FILE.onnx
-        [--shape H W] [--opset 18] [--dynamic] [--device cpu] [--cfg-options K=V ...]
+        [--shape H W] [--opset 18] [--dynamic] [--no-deploy] [--device cpu]
+        [--cfg-options K=V ...]
 
 The file maps a normalised image batch ``images (B, 3, H, W)`` (the config's
 mean/std and channel order applied, not padded) to ``boxes (B, K, 4)`` (xyxy in the
 input's pixels), ``scores (B, K)`` and ``labels (B, K)``, ``K = test_cfg.max_per_img``,
 selected as ``predict`` selects them. ``--dynamic`` makes B, H and W dynamic
 (``batch``, ``height``, ``width``); without it the file takes one image of ``--shape``.
+A model with ``switch_to_deploy()`` (RT-DETR) is exported fused (RepVGG blocks merged,
+BatchNorm folded into the convs) unless ``--no-deploy``.
 ``--shape`` defaults to the test ``Resize`` of the config (its short side, and a 4:3
 long side within its long side when ``keep_ratio``).
 
@@ -42,6 +45,8 @@ def parse_args(argv=None):
                    help=f'ONNX opset (default {DEFAULT_OPSET}; 19 for a DCN backbone)')
     p.add_argument('--dynamic', action='store_true',
                    help='batch, height and width dynamic (else one image of --shape)')
+    p.add_argument('--no-deploy', action='store_true',
+                   help='export a model that has switch_to_deploy() (RT-DETR) unfused')
     p.add_argument('--device', default='cpu', help='device the model is traced on')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, e.g. model.test_cfg.max_per_img=100')
@@ -82,12 +87,16 @@ def main(argv=None):
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     start = time.perf_counter()
     summary = export_onnx(model, args.out, shape=shape, opset=args.opset,
-                          dynamic=args.dynamic, metadata=metadata)
+                          dynamic=args.dynamic, metadata=metadata,
+                          deploy=not args.no_deploy)
     dims = summary['input_dims']
+    fused = summary['deployed']
+    fused = (f', fused first ({fused["repvgg_blocks"]} RepVGG blocks, {fused["conv_bn"]} '
+             f'BatchNorm layers folded)' if fused else '')
     print(f'Exported {type(model).__name__} to {args.out} in {time.perf_counter() - start:.1f} s: '
           f'opset {summary["opset"]}, images ({dims["B"]}, 3, {dims["H"]}, {dims["W"]}), '
           f'{len(summary["op_types"])} operator types, all in the default ONNX domain; '
-          f'checked with onnx.checker (full_check)')
+          f'checked with onnx.checker (full_check){fused}')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """RT-DETR (Zhao et al., CVPR 2024) and RT-DETRv2 (Lv et al., 2024): DINO's query
 selection and denoising after a hybrid CNN-transformer encoder."""
-from typing import Optional
+from typing import Dict, Optional
 
-from torch import Tensor
+from mmcv.cnn import ConvModule, fuse_conv_bn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdeform.registry import MODELS
+from ..necks.hybrid_encoder import RepVGGBlock
 from ..structures import EncoderInputs
 from .dino import DINO
 
@@ -30,6 +33,8 @@ class RTDETR(DINO):
     * the head: :class:`DINOHead` with per-layer branches and
       :class:`DetrVarifocalLoss`; denoising is DINO's generator with
       ``box_eps=1e-5, padding_box='zero'``.
+
+    :meth:`switch_to_deploy` fuses the model for inference (eval only afterwards).
 
     Args:
         num_feature_levels: 3 (S3-S5).
@@ -60,3 +65,48 @@ class RTDETR(DINO):
 
     def forward_encoder(self, enc: EncoderInputs) -> Tensor:
         return enc.feat
+
+    # ------------------------------------------------------------- deployment
+    def switch_to_deploy(self) -> Dict[str, int]:
+        """Fuse for inference; the outputs in eval mode are unchanged up to rounding.
+
+        1. every :class:`RepVGGBlock` becomes one 3x3 conv (both branches and their BN);
+        2. every BatchNorm that follows a conv (the backbone's, frozen ones included,
+           the encoder's ConvModules, the decoder's input projection) is folded into
+           the conv's weight and bias by mmcv's :func:`~mmcv.cnn.fuse_conv_bn` (the BN
+           becomes an ``Identity``). It pairs a BN with the conv registered just before
+           it in the same parent, which is the order the forward applies them in for
+           mmdet's ResNet and for a ConvModule whose order is conv then norm; other
+           ConvModule orders are refused.
+
+        Folding uses the running statistics, so the model is eval-only afterwards:
+        ``model.train()`` raises. Calling it again fuses nothing more.
+
+        Returns the counts of this call: ``repvgg_blocks``, ``conv_bn`` (BN folded) and
+        ``bn_left`` (BN not after a conv, kept; 0 in RT-DETR).
+        """
+        for name, m in self.named_modules():
+            if (isinstance(m, ConvModule) and m.with_norm
+                    and m.order.index('norm') != m.order.index('conv') + 1):
+                raise ValueError(f'{type(self).__name__}.switch_to_deploy: {name} has order '
+                                 f'{m.order}; only a norm right after the conv can be folded')
+        blocks = [m for m in self.modules() if isinstance(m, RepVGGBlock) and hasattr(m, 'conv1')]
+        for block in blocks:  # before fuse_conv_bn, which would fold the branches' BN itself
+            block.switch_to_deploy()
+        bn_before = sum(isinstance(m, _BatchNorm) for m in self.modules())
+        fuse_conv_bn(self)
+        for m in self.modules():
+            if isinstance(m, ConvModule) and m.with_norm and isinstance(m.norm, nn.Identity):
+                m.with_norm = False  # mmcv's efficient conv-BN path must not see the Identity
+        bn_left = sum(isinstance(m, _BatchNorm) for m in self.modules())
+        self.deployed = True
+        self.eval()
+        return dict(repvgg_blocks=len(blocks), conv_bn=bn_before - bn_left, bn_left=bn_left)
+
+    def train(self, mode: bool = True) -> 'RTDETR':
+        if mode and getattr(self, 'deployed', False):
+            raise RuntimeError(f'{type(self).__name__} was fused by switch_to_deploy() '
+                               '(BatchNorm folded with its running statistics, RepVGG '
+                               'branches merged): it is eval-only; rebuild it from the '
+                               'checkpoint to train')
+        return super().train(mode)

@@ -30,9 +30,11 @@ def sincos_embedding_2d(h: int, w: int, dims: int, temperature: float = 10000.0,
     quarter = dims // 4
     omega = 1.0 / temperature**(torch.arange(quarter, dtype=torch.float32, device=device) /
                                 quarter)
-    index = torch.arange(h * w, device=device)
-    a = (index // h).to(torch.float32)[:, None] * omega
-    b = (index % h).to(torch.float32)[:, None] * omega
+    # (k // h, k % h) for k < h * w, as a (w, h) grid flattened: no division by the
+    # symbolic h, which ONNX export cannot translate
+    a = torch.arange(w, dtype=torch.float32, device=device)[:, None].expand(w, h).reshape(-1)
+    b = torch.arange(h, dtype=torch.float32, device=device)[None, :].expand(w, h).reshape(-1)
+    a, b = a[:, None] * omega, b[:, None] * omega
     return torch.cat([a.sin(), a.cos(), b.sin(), b.cos()], 1)
 
 
