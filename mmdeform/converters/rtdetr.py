@@ -193,6 +193,7 @@ def convert_official_rtdetr(state_dict: StateDict,
     return out, report, meta
 
 
-#: where ``run_converter`` looks for the weights, in order (dotted: nested dicts)
-convert_official_rtdetr.weights_entries = ('ema.module', 'model')
+#: where ``run_converter`` looks for the weights, in order (dotted: nested dicts); a
+#: ``state_dict`` (an mmdet/mmdeform file) is read to say which family it is and refuse it
+convert_official_rtdetr.weights_entries = ('ema.module', 'model', 'state_dict')
 convert_official_rtdetr.source_family = 'official lyuwenyu/RT-DETR format'
