@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from helpers import PYTHON, ROOT, run_tool, tool_error
+from helpers import PYTHON, ROOT, load_tool, run_tool, tool_error
 from mmdet_reference import build_ours
 from mmengine.config import Config
 
@@ -74,19 +74,22 @@ def _spot_checks(version):
         ('backbone.conv1.conv1_1.conv.weight', 'backbone.stem.0.weight'),
         ('backbone.conv1.conv1_2.norm.weight', 'backbone.stem.4.weight'),
         ('backbone.conv1.conv1_3.norm.running_mean', 'backbone.stem.7.running_mean'),
-        ('backbone.res_layers.0.blocks.0.short.conv.weight', 'backbone.layer1.0.downsample.1.weight'),
+        ('backbone.res_layers.0.blocks.0.short.conv.weight',
+         'backbone.layer1.0.downsample.1.weight'),
         ('backbone.res_layers.0.blocks.0.short.norm.running_var',
          'backbone.layer1.0.downsample.2.running_var'),
         ('backbone.res_layers.1.blocks.0.short.conv.conv.weight',
          'backbone.layer2.0.downsample.1.weight'),
-        ('backbone.res_layers.3.blocks.0.short.conv.norm.bias', 'backbone.layer4.0.downsample.2.bias'),
+        ('backbone.res_layers.3.blocks.0.short.conv.norm.bias',
+         'backbone.layer4.0.downsample.2.bias'),
         ('backbone.res_layers.2.blocks.1.branch2b.conv.weight', 'backbone.layer3.1.conv2.weight'),
         ('backbone.res_layers.2.blocks.1.branch2a.norm.weight', 'backbone.layer3.1.bn1.weight'),
         (f'encoder.input_proj.0.{proj}.weight', 'neck.0.input_proj.0.conv.weight'),
         (f'encoder.input_proj.2.{norm}.bias', 'neck.0.input_proj.2.bn.bias'),
         ('encoder.encoder.0.layers.0.self_attn.in_proj_weight',
          'neck.0.encoder.0.layers.0.self_attn.attn.in_proj_weight'),
-        ('encoder.encoder.0.layers.0.linear1.weight', 'neck.0.encoder.0.layers.0.ffn.layers.0.0.weight'),
+        ('encoder.encoder.0.layers.0.linear1.weight',
+         'neck.0.encoder.0.layers.0.ffn.layers.0.0.weight'),
         ('encoder.encoder.0.layers.0.linear2.bias', 'neck.0.encoder.0.layers.0.ffn.layers.1.bias'),
         ('encoder.encoder.0.layers.0.norm1.weight', 'neck.0.encoder.0.layers.0.norms.0.weight'),
         ('encoder.encoder.0.layers.0.norm2.bias', 'neck.0.encoder.0.layers.0.norms.1.bias'),
@@ -96,7 +99,8 @@ def _spot_checks(version):
         ('encoder.fpn_blocks.1.conv3.norm.weight', 'neck.0.fpn_blocks.1.conv3.bn.weight'),
         ('encoder.pan_blocks.1.bottlenecks.2.conv1.conv.weight',
          'neck.0.pan_blocks.1.blocks.2.conv1.conv.weight'),
-        ('encoder.pan_blocks.0.bottlenecks.0.conv2.norm.bias', 'neck.0.pan_blocks.0.blocks.0.conv2.bn.bias'),
+        ('encoder.pan_blocks.0.bottlenecks.0.conv2.norm.bias',
+         'neck.0.pan_blocks.0.blocks.0.conv2.bn.bias'),
         ('decoder.input_proj.1.conv.weight', 'neck.1.convs.1.conv.weight'),
         ('decoder.input_proj.2.norm.running_var', 'neck.1.convs.2.bn.running_var'),
         (f'decoder.enc_output.{enc_out[0]}.weight', 'memory_trans_fc.weight'),
@@ -113,7 +117,8 @@ def _spot_checks(version):
          'decoder.layers.2.cross_attn.sampling_offsets.bias'),
         ('decoder.decoder.layers.0.cross_attn.attention_weights.weight',
          'decoder.layers.0.cross_attn.attention_weights.weight'),
-        ('decoder.decoder.layers.2.cross_attn.value_proj.bias', 'decoder.layers.2.cross_attn.value_proj.bias'),
+        ('decoder.decoder.layers.2.cross_attn.value_proj.bias',
+         'decoder.layers.2.cross_attn.value_proj.bias'),
         ('decoder.decoder.layers.1.cross_attn.output_proj.weight',
          'decoder.layers.1.cross_attn.output_proj.weight'),
         ('decoder.decoder.layers.0.linear1.bias', 'decoder.layers.0.ffn.layers.0.0.bias'),
@@ -139,7 +144,8 @@ def test_cli_converts_ema_and_loads_strictly(name, version, tmp_path):
     else:
         assert 'dropped 0' in proc.stdout
     checkpoint = load_checkpoint_file(str(dst))
-    assert checkpoint['meta']['source_format'] == f'official RT-DETR{"v2" if version == "v2" else ""}'
+    family = 'official RT-DETRv2' if version == 'v2' else 'official RT-DETR'
+    assert checkpoint['meta']['source_format'] == family
     assert checkpoint['meta']['source_epoch'] == 71
     assert not any(k.endswith(('anchors', 'valid_mask', 'num_points_scale'))
                    for k in checkpoint['state_dict'])
@@ -149,7 +155,8 @@ def test_cli_converts_ema_and_loads_strictly(name, version, tmp_path):
     for official_key, our_key in _spot_checks(version):
         assert torch.equal(state[our_key], ema[official_key]), (official_key, our_key)
     # the ema weights, not the raw ones
-    assert not torch.equal(state['backbone.stem.0.weight'], raw['backbone.conv1.conv1_1.conv.weight'])
+    assert not torch.equal(state['backbone.stem.0.weight'],
+                           raw['backbone.conv1.conv1_1.conv.weight'])
 
 
 def test_model_entry_when_there_is_no_ema(tmp_path):
@@ -204,3 +211,29 @@ def test_other_checkpoint_is_refused_and_official_file_is_recognised(tmp_path, c
                       [tmp_path / 'ours.pth', tmp_path / 'y.pth'], capsys)
     assert line == (f'error: CheckpointFamilyError: {tmp_path / "ours.pth"} looks like DINO '
                     'weights; this converter reads official lyuwenyu/RT-DETR format checkpoints')
+
+
+def test_compare_script_matches_queries_in_any_order():
+    """compare_official_rtdetr.py's order-free check: a permutation of the queries is the
+    same set; one query moved by 1e-3 is reported as unmatched."""
+    match = load_tool('tools/model_converters/compare_official_rtdetr.py').match_queries
+    g = torch.Generator().manual_seed(0)
+    logits, boxes = torch.randn(30, 5, generator=g), torch.rand(30, 4, generator=g)
+    perm = torch.randperm(30, generator=g)
+    assert match(logits, boxes, logits[perm], boxes[perm]) == (0.0, 0)
+    moved = boxes[perm].clone()
+    moved[3, 1] += 1e-3
+    close, unmatched = match(logits, boxes, logits[perm] + 1e-6, moved)
+    assert unmatched == 1 and 0 < close < 2e-6
+
+
+def test_benchmark_alternates_and_skips_without_the_official_code(tmp_path, capsys):
+    tool = load_tool('tools/analysis_tools/benchmark_rtdetr_official.py')
+    calls = []
+    times = tool.alternate({name: (lambda n=name: calls.append(n)) for name in 'abc'},
+                           warmup=1, repeats=3)
+    assert calls == list('abc' 'bca' 'cab' 'abc')
+    assert {k: len(v) for k, v in times.items()} == dict(a=3, b=3, c=3)
+    assert tool.main(['--official-root', str(tmp_path)]) is None
+    assert capsys.readouterr().out.startswith(f"skipped: --official-root '{tmp_path}' is not a "
+                                              'checkout of lyuwenyu/RT-DETR')
