@@ -220,6 +220,7 @@ def deploy_ours(model: nn.Module) -> str:
 
 
 def compare_one(args) -> float:
+    torch.manual_seed(args.seed)  # the official initialisation, before randomise() moves it
     official = build_official(args.official_root, args.model[0])
     if args.dump_layout:
         path = os.path.join(LAYOUTS, f'{args.model[0]}.json')
