@@ -20,8 +20,12 @@ Three ways of running each:
   submodule's: today the HybridEncoder fuses its RepVGG blocks), the official
   ``deploy()`` (the same fusion, ``convert_to_deploy`` of every module);
 * compiled (``--compile``, minutes): ``torch.compile`` of each deployed model,
-  inductor with ``torch._inductor.config.freezing = True``; the image height and
-  width are marked dynamic for ours, as its data preprocessor does.
+  inductor with ``torch._inductor.config.freezing = True``, static sizes for both.
+  ``--dynamic`` marks our image height and width dynamic, as our data preprocessor
+  does; with torch 2.14.1 inductor then failed on the first call of the frozen
+  RT-DETR graph (``assert_size_stride`` of a fused oneDNN convolution + activation
+  on the 20 x 20 S5 map: inductor expected channels-last strides), so the default
+  is static.
 
 A second table splits each eager and deployed model into backbone, encoder
 (ours: the neck list, HybridEncoder + the decoder's input projection) and
@@ -63,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--compile', action='store_true', help='also time torch.compile (minutes)')
+    p.add_argument('--dynamic', action='store_true',
+                   help='with --compile: mark our image height and width dynamic, as our data '
+                   'preprocessor does (static by default: see the module docstring)')
     p.add_argument('--no-split', action='store_true', help='skip the per-part table')
     p.add_argument('--out', help='also write the tables (markdown) to this file')
     return p.parse_args(argv)
@@ -113,6 +120,7 @@ def main(argv=None):
               'dependency of mmdeform')
         return None
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     official = cmp.build_official(args.official_root, args.model)
     cmp.randomise(official)
     ours = cmp.build_ours(cmp.MODELS[args.model][2])
@@ -132,8 +140,9 @@ def main(argv=None):
             compiled_ours = torch.compile(deployed_ours)
             compiled_official = torch.compile(deployed_official)
             xd = x.clone()
-            torch._dynamo.maybe_mark_dynamic(xd, 2)
-            torch._dynamo.maybe_mark_dynamic(xd, 3)
+            if args.dynamic:
+                torch._dynamo.maybe_mark_dynamic(xd, 2)
+                torch._dynamo.maybe_mark_dynamic(xd, 3)
             for name, fn in (('ours', lambda: compiled_ours(xd, samples, mode='tensor')),
                              ('official', lambda: compiled_official(x))):
                 start = time.perf_counter()
