@@ -34,6 +34,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 
 from .common import ConversionReport, StateDict
+from .official import _apply_rules
 
 Replacement = Union[str, Callable[[re.Match], str], None]
 _CONV = {'a': '1', 'b': '2', 'c': '3'}
@@ -151,27 +152,16 @@ def rename_official_rtdetr(state_dict: StateDict) -> Tuple[StateDict, Conversion
                                   for k in state_dict) if m]
     if not layers:
         return {}, ConversionReport(unmapped=sorted(state_dict))
-    compiled = [(re.compile(p), r, why) for p, r, why in official_rtdetr_rules(max(layers) + 1)]
     report = ConversionReport()
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        for pattern, replacement, why in compiled:
-            if pattern.fullmatch(key):
-                if replacement is None:
-                    report.dropped[key] = why
-                else:
-                    out[pattern.sub(replacement, key)] = value
-                    report.mapped[key] = pattern.sub(replacement, key)
-                break
-        else:
-            report.unmapped.append(key)
+    out = _apply_rules(state_dict, official_rtdetr_rules(max(layers) + 1), report)
     return out, report
 
 
 def convert_official_rtdetr(state_dict: StateDict,
                             checkpoint: dict) -> Tuple[StateDict, ConversionReport, dict]:
-    """``run_converter``'s interface: ``state_dict`` is what :data:`WEIGHTS_ENTRIES`
-    picked (``ema.module``, else ``model``)."""
+    """``run_converter``'s interface: ``state_dict`` is the first of
+    ``convert_official_rtdetr.weights_entries`` that the file holds (``ema.module``,
+    else ``model``)."""
     if state_dict and all(k.startswith('module.') for k in state_dict):
         state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
     version = official_rtdetr_version(state_dict)
