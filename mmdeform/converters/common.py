@@ -95,21 +95,37 @@ def rename_by_prefix(state_dict: StateDict, rules: List[Rule],
     return out, report
 
 
-def read_state_dict(path: str) -> Tuple[StateDict, dict]:
-    """Load ``path`` with the untrusted loader; return its weights and the rest."""
+def _entry(checkpoint: dict, dotted: str):
+    """``checkpoint['a']['b']`` for ``'a.b'``; None where any level is missing."""
+    for part in dotted.split('.'):
+        if not isinstance(checkpoint, dict) or part not in checkpoint:
+            return None
+        checkpoint = checkpoint[part]
+    return checkpoint
+
+
+def read_state_dict(path: str,
+                    entries: Tuple[str, ...] = ('state_dict', 'model')) -> Tuple[StateDict, dict]:
+    """Load ``path`` with the untrusted loader; return its weights and the rest.
+
+    The weights are the first of ``entries`` (dotted for nested dicts, e.g.
+    ``'ema.module'``) that the file holds, or the file itself if it is a flat dict
+    of tensors."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
     checkpoint = load_checkpoint_file(path, map_location='cpu', trusted=False)
     if not isinstance(checkpoint, dict):
         raise CheckpointReadError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a '
                                   'dict of weights')
-    for key in ('state_dict', 'model'):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            return dict(checkpoint[key]), checkpoint
+    for key in entries:
+        weights = _entry(checkpoint, key)
+        if isinstance(weights, dict):
+            return dict(weights), checkpoint
     if all(isinstance(v, Tensor) for v in checkpoint.values()):
         return dict(checkpoint), {}
-    raise CheckpointReadError(f'checkpoint {path} holds no weights: expected a "state_dict" or '
-                              f'"model" entry, or a flat dict of tensors (top-level keys: '
+    expected = ' or '.join(f'"{key}"' for key in entries)
+    raise CheckpointReadError(f'checkpoint {path} holds no weights: expected a {expected} '
+                              f'entry, or a flat dict of tensors (top-level keys: '
                               f'{sorted(checkpoint)[:10]})')
 
 
@@ -130,7 +146,8 @@ def save_checkpoint_atomic(checkpoint: dict, path: str) -> None:
 def run_converter(convert: Callable[[StateDict, dict], Tuple[StateDict, ConversionReport, dict]],
                   src: str, dst: str) -> ConversionReport:
     """Read ``src``, convert, fail on unmapped keys, print the summary, write ``dst``."""
-    state_dict, checkpoint = read_state_dict(src)
+    state_dict, checkpoint = read_state_dict(
+        src, getattr(convert, 'weights_entries', ('state_dict', 'model')))
     expected = getattr(convert, 'source_family', None)
     found = checkpoint_family(state_dict.keys())
     if expected and found and expected not in found:

@@ -214,9 +214,11 @@ def checkpoint_family(keys) -> Optional[str]:
     """The detector family (and format) a set of state-dict keys looks like, or None.
 
     Recognises mmdeform's DETR, Deformable DETR (two-stage) and DINO, the same
-    models in mmdet 3.x's layout, and the official DETR / Deformable-DETR files.
+    models in mmdet 3.x's layout, and the official DETR / Deformable-DETR / RT-DETR files.
     """
     keys = _strip_module(keys)
+    if 'decoder.enc_score_head.weight' in keys and 'decoder.dec_score_head.0.weight' in keys:
+        return 'RT-DETR (official lyuwenyu/RT-DETR format)'
     if 'class_embed.weight' in keys and any(k.startswith('transformer.') for k in keys):
         return 'DETR (official facebookresearch/detr format)'
     if 'class_embed.0.weight' in keys and any(k.startswith('transformer.') for k in keys):
@@ -241,6 +243,7 @@ _CONVERTERS = {
     'official facebookresearch/detr format': 'tools/model_converters/official_detr.py',
     'official fundamentalvision format': 'tools/model_converters/official_deformable_detr.py',
     'mmdet 3.x format': 'tools/model_converters/mmdet_to_mmdeform.py',
+    'official lyuwenyu/RT-DETR format': 'tools/model_converters/official_rtdetr.py',
 }
 
 

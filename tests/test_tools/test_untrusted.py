@@ -23,7 +23,7 @@ from mmdeform.utils.errors import run_tool_main
 # What the converters of other formats say about it: they have read it to say so.
 READS = {'mmdet_to_mmdeform': 'mmdet 3.x format', 'official_detr': 'official '
          'facebookresearch/detr format', 'official_deformable_detr': 'official fundamentalvision '
-         'format'}
+         'format', 'official_rtdetr': 'official lyuwenyu/RT-DETR format'}
 
 
 class _Exploit:

@@ -168,6 +168,42 @@ def test_download_tool_uses_the_index(server, tmp_path):
     build_ours(cfg).load_state_dict(state, strict=True)
 
 
+def test_download_tool_converts_the_official_rtdetr_entries(server, tmp_path):
+    """The index's RT-DETR entries as they are, their URLs moved to the loopback server: the
+    official file (EMA weights, v2 layout) is fetched, converted and loads into the entry's
+    config. Every entry names an existing config and the RT-DETR converter."""
+    with open(os.path.join(ROOT, 'configs', 'metafile.yml')) as f:
+        models = {m['Name']: m for m in yaml.safe_load(f)['Models']}
+    rtdetr = {k: m for k, m in models.items() if m.get('In Collection', '').startswith('RT-DETR')}
+    assert len(rtdetr) == 10
+    for entry in rtdetr.values():
+        assert os.path.isfile(os.path.join(ROOT, entry['Config']))
+        assert entry['Metadata']['Converter'] == 'tools/model_converters/official_rtdetr.py'
+        assert entry['Weights'].startswith('https://github.com/lyuwenyu/storage/releases/')
+    root, base, requests = server
+    entry = dict(rtdetr['rtdetrv2_r18vd_official'])
+    file_name = entry['Weights'].rsplit('/', 1)[1]
+    with open(os.path.join(ROOT, 'tests', 'data', 'official_layouts', 'rtdetrv2_r18vd.json')) as f:
+        layout = json.load(f)['tensors']
+    g = torch.Generator().manual_seed(0)
+    ema = {k: torch.randn(s, generator=g) for k, s in layout.items()}
+    torch.save(dict(ema=dict(module=ema), model={k: v + 1 for k, v in ema.items()}),
+               root / file_name)
+    entry['Weights'] = f'{base}/{file_name}'
+    (tmp_path / 'index.yml').write_text(yaml.safe_dump(dict(Models=[entry])))
+    proc = run_tool([PYTHON, 'tools/misc/download_checkpoint.py', 'rtdetrv2_r18vd_official',
+                     '--index', str(tmp_path / 'index.yml'), '--out-dir', str(tmp_path / 'out')],
+                    env=dict(MMDEFORM_CHECKPOINTS=str(tmp_path / 'cache')))
+    assert requests == [f'/{file_name}']
+    assert f'tools/test.py {entry["Config"]}' in proc.stdout
+    cfg = Config.fromfile(os.path.join(ROOT, entry['Config']))
+    cfg.model.backbone.init_cfg = None
+    state = load_checkpoint_file(str(tmp_path / 'out' / 'rtdetrv2_r18vd_official.pth'))
+    model = build_ours(cfg)
+    model.load_state_dict(state['state_dict'], strict=True)
+    assert torch.equal(model.backbone.stem[0].weight, ema['backbone.conv1.conv1_1.conv.weight'])
+
+
 def test_cache_names_of_file_urls_and_share_links():
     from mmdeform.utils.download import cache_name
     assert cache_name('https://x.org/a/detr-r50-e632da11.pth') == 'detr-r50-e632da11.pth'

@@ -41,7 +41,8 @@ def direct_url(url: str) -> str:
 def main(argv=None):
     from mmdeform.converters import (convert_mmdet, convert_official_dat,
                                      convert_official_deformable_detr, convert_official_detr,
-                                     convert_official_dino, run_converter)
+                                     convert_official_dino, convert_official_rtdetr,
+                                     run_converter)
     from mmdeform.utils.download import download_checkpoint
     converters = {
         'tools/model_converters/official_detr.py': convert_official_detr,
@@ -49,6 +50,7 @@ def main(argv=None):
         'tools/model_converters/mmdet_to_mmdeform.py': convert_mmdet,
         'tools/model_converters/official_dino.py': convert_official_dino,
         'tools/model_converters/official_dat.py': convert_official_dat,
+        'tools/model_converters/official_rtdetr.py': convert_official_rtdetr,
     }
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('name', nargs='?', help='model name in the index')
