@@ -29,7 +29,7 @@ offsets put the sampling points exactly on cell centres, where bilinear interpol
 has a kink, so that the float32 rounding of a location decides which side's slope its
 gradient takes; eager float32 differs from eager float64 there as much (docs/deployment.md).
 ``--check-float64`` repeats each inference comparison with a float64 copy of the model
-(compiled again: minutes more), where float32's rounding, and the rank swaps of near-tied
+(compiled again, without freezing, whose oneDNN weights have no float64: minutes more), where float32's rounding, and the rank swaps of near-tied
 two-stage proposals it causes, no longer hide what the compiled graph computes.
 """
 import time
@@ -115,7 +115,11 @@ def _float64_inference_diff(model, inputs, samples) -> str:
     so what is left is any difference in what the compiled graph computes."""
     import copy
     model64 = copy.deepcopy(model).double().eval()
-    return _compile_inference(model64, torch.compile(model64), inputs.double(), samples)[1]
+    # without freezing: its oneDNN convolution weights are float32 / bfloat16 / half only
+    # ("itensor_view_from_dense expects float/bfloat16/half..." in float64)
+    with torch._inductor.config.patch(freezing=False):
+        return _compile_inference(model64, torch.compile(model64), inputs.double(),
+                                  samples)[1]
 
 
 def _losses_and_grads(fn, model, inputs, samples) -> Tuple[Dict, Dict]:
