@@ -59,6 +59,9 @@ def test_deployed_equals_unfused_in_float64(r18_frozen_stem):
                for m in model.modules() if isinstance(m, RepVGGBlock))
     assert model.backbone.stem[1].__class__ is torch.nn.Identity  # the frozen stem's BN too
     assert model.backbone.stem[0].bias is not None
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs
+               if w.shape[-1] > 1)  # 1x1 kernels are contiguous in both layouts
 
     tensors, preds = _outputs(model, inputs, samples)
     # float64: the fusion is exact algebra, the differences are float64 rounding (~1e-13)
