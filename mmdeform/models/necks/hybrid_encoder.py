@@ -161,7 +161,9 @@ class HybridEncoder(nn.Module):
         b, c, h, w = x.shape
         pos = sincos_embedding_2d(h, w, c, self.pe_temperature, x.device).to(x.dtype)
         out = encoder(x.flatten(2).transpose(1, 2), pos[None], None)
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        # contiguous: inductor 2.14.1 (freezing, symbolic sizes) fails on a convolution of
+        # the transposed view ("expected ... stride" in its conv + activation fusion)
+        return out.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
     def forward(self, feats: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         """``len(in_channels)`` maps ``(B, C_l, H_l, W_l)`` -> as many ``(B, hidden_dim, H_l, W_l)``."""
