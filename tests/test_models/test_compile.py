@@ -277,3 +277,23 @@ def test_inductor_rtdetr_with_frozen_weights_and_symbolic_sizes(deploy):
             data = model.data_preprocessor(dict(inputs=images, data_samples=samples), False)
             assert_close(max_abs_diffs(model(**data, mode='tensor'),
                                        compiled(**data, mode='tensor')), f'{sizes}')
+
+
+def test_predict_does_not_guard_on_ground_truth_box_counts():
+    """Evaluation batches carry their ground truth; the compiled forward must not read
+    it (mmdet's add_pred_to_datasample does, making each image's box count, 0, 1 or
+    more, a guard: a recompilation per pattern)."""
+    from torch._dynamo.utils import counters
+    model = build_model('deformable_detr').eval()
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = torch.compile(model, backend='aot_eager')
+        for boxes in ([3, 2], [0, 1], [1, 0], [0, 0]):
+            images, samples = make_batch(sizes=SIZES, boxes_per_image=boxes, num_classes=4)
+            with torch.no_grad():
+                compiled(*preprocess(model, images, samples), mode='predict')
+        graphs = counters['stats']['unique_graphs']
+    finally:
+        torch._dynamo.reset()
+    assert graphs == 1, graphs

@@ -116,7 +116,13 @@ class BaseDETR(BaseDetector, metaclass=ABCMeta):
                 rescale: bool = True) -> SampleList:
         head_inputs = self.forward_transformer(self.extract_feat(batch_inputs), batch_data_samples)
         results = self.bbox_head.predict(head_inputs, batch_data_samples, rescale=rescale)
-        return self.add_pred_to_datasample(batch_data_samples, results)
+        for sample, pred in zip(batch_data_samples, results):
+            # mmdet's add_pred_to_datasample also converts the ground truth's box type,
+            # which the data preprocessor has done (boxtype2tensor); reading it here would
+            # make each image's box count a guard of the compiled forward (0, 1 or more:
+            # a recompilation per pattern, dynamo's limit of 8 reached in a test run)
+            sample.pred_instances = pred
+        return batch_data_samples
 
     def _forward(self, batch_inputs: Tensor,
                  batch_data_samples: OptSampleList = None) -> HeadOutputs:
