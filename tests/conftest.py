@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -14,13 +16,30 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
+# The most the suite holds under its base temporary directory at one time, with pytest.ini's
+# tmp_path_retention_policy = failed (measured: about 2 GB, the module fixtures' checkpoints).
+TEMP_SPACE_NEEDED = 3 * 2**30
+
+
 def pytest_configure(config):
-    """An unusable MMDEFORM_TEST_DEVICE stops the run before any test (one line)."""
+    """An unusable MMDEFORM_TEST_DEVICE, or too little free space where the tests write, stops
+    the run before any test (one line each), instead of tools failing at the end of the run."""
     from helpers import device_under_test
     try:
         device_under_test()
     except (ValueError, RuntimeError) as err:
         raise pytest.UsageError(str(err)) from None
+    root = config.option.basetemp or os.environ.get('PYTEST_DEBUG_TEMPROOT') \
+        or tempfile.gettempdir()
+    root = os.path.abspath(root)
+    while not os.path.isdir(root):  # a --basetemp that pytest has yet to create
+        root = os.path.dirname(root)
+    free = shutil.disk_usage(root).free
+    if free < TEMP_SPACE_NEEDED:
+        raise pytest.UsageError(
+            f'{root} has {free / 2**30:.1f} GiB free; the tests need '
+            f'{TEMP_SPACE_NEEDED / 2**30:.0f} GiB there (checkpoints and exports): free some, '
+            'or point --basetemp at a disk with room')
 
 
 @pytest.fixture(scope='session', autouse=True)
