@@ -247,6 +247,8 @@ def test_anchors_and_valid_mask_at_non_640_inputs(r18, size, levels, invalid):
         is_invalid = torch.tensor([e is None for e in expected])
         assert int(is_invalid.sum()) == invalid
         assert torch.isinf(anchors[0, is_invalid]).all()
+        # the model makes its anchors in float32: log(p / (1 - p)) of float32 positions,
+        # |logit| <= 4.6, is a few float32 ulps (~5e-7 each) from the float64 loops
         torch.testing.assert_close(anchors[0, ~is_invalid],
                                    torch.tensor([e for e in expected if e is not None]),
                                    rtol=0, atol=1e-5)
@@ -274,13 +276,14 @@ def test_position_embedding_square_map_first_half_is_the_row():
 def test_repvgg_fusion_equals_the_two_branches():
     block = RepVGGBlock(6).eval()
     randomise_bn(block)
-    x = torch.randn(2, 6, 7, 5)
+    block.double()  # the fusion is exact algebra: float64 leaves only rounding (~1e-15)
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64)
     with torch.no_grad():
         expected = F.silu(block.conv1.bn(block.conv1.conv(x)) + block.conv2.bn(block.conv2.conv(x)))
         block.switch_to_deploy()
         fused = block(x)
     assert not hasattr(block, 'conv1') and block.conv.kernel_size == (3, 3)
-    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
 
 
 def test_hybrid_encoder_deploy_equals_unfused():
@@ -353,7 +356,8 @@ def _official_v2_attention(attn, query, value, refs, shapes):
     v = attn.value_proj(value).view(b, -1, m, attn.embed_dims // m)
     offsets = attn.sampling_offsets(query).view(b, nq, m, sum(points), 2)
     weights = attn.attention_weights(query).view(b, nq, m, sum(points)).softmax(-1)
-    scale = torch.tensor([1 / p for p in points for _ in range(p)]).view(-1, 1)
+    scale = torch.tensor([1 / p for p in points for _ in range(p)],
+                         dtype=offsets.dtype).view(-1, 1)
     locs = refs[:, :, None, :, :2] + offsets * scale * refs[:, :, None, :, 2:] * attn.offset_scale
     grids = (2 * locs - 1).split(points, dim=3)
     values = v.split([h * w for h, w in shapes], dim=1)
@@ -375,13 +379,15 @@ def test_per_level_points_equal_the_official_split(points):
     with torch.no_grad():
         attn.sampling_offsets.weight.normal_(0, 0.1)
         attn.attention_weights.weight.normal_(0, 0.1)
+    attn.double()  # float64: the two orders of summation differ only by rounding
     shapes = [(6, 5), (3, 3), (2, 1)]
-    query, value = torch.randn(2, 7, 32), torch.randn(2, 30 + 9 + 2, 32)
-    refs = torch.rand(2, 7, 1, 4) * 0.6 + 0.2
+    query = torch.randn(2, 7, 32, dtype=torch.float64)
+    value = torch.randn(2, 30 + 9 + 2, 32, dtype=torch.float64)
+    refs = torch.rand(2, 7, 1, 4, dtype=torch.float64) * 0.6 + 0.2
     out = attn(query, value, refs.expand(-1, -1, 3, -1), torch.tensor(shapes),
                torch.tensor([0, 30, 39]))
     torch.testing.assert_close(out, _official_v2_attention(attn, query, value, refs, shapes),
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=1e-12)
 
 
 def test_decoder_eval_idx_stops_early(r18):
